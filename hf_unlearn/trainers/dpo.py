@@ -1,0 +1,89 @@
+"""IdkDPO: DPO with the refusal (or alternate) answer preferred over the answer to forget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .. import losses
+from .base import UnlearningConfig, UnlearningTrainer
+
+
+@dataclass
+class IdkDPOConfig(UnlearningConfig):
+    r"""
+    Configuration class for the [`IdkDPOTrainer`]: ``L = γ · L_DPO(chosen ≻ rejected) + α · L_retain``.
+
+    The forget set has columns ``prompt``, ``chosen`` (e.g. "I don't know.") and ``rejected`` (the answer to
+    forget). The loss is TRL's sigmoid DPO loss; open-unlearning's IdkDPO multiplies it by ``2/β``: set
+    ``forget_weight = 2 / beta`` for that scale.
+
+    Parameters:
+        beta (`float`, *optional*, defaults to `0.1`):
+            Inverse temperature β of the DPO loss.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the DPO loss."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0 (got {self.beta})")
+
+
+def _pad_to(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    return F.pad(t, (0, length - t.shape[1]), value=value)
+
+
+def concatenated_inputs(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows, padded to one length, so the pair costs one forward pass."""
+    length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": losses.IGNORE_INDEX}
+    return {
+        key: torch.cat([_pad_to(batch[f"{side}_{key}"], length, value) for side in ("chosen", "rejected")])
+        for key, value in pad_values.items()
+    }
+
+
+class IdkDPOTrainer(UnlearningTrainer):
+    """IdkDPO: prefer the refusal / alternate answer (``chosen``) over the answer to forget (``rejected``).
+
+    Example:
+        >>> trainer = IdkDPOTrainer(model, IdkDPOConfig(max_steps=10), train_dataset=pairs, retain_dataset=retain)
+        >>> trainer.train()
+    """
+
+    config_class = IdkDPOConfig
+    method_name = "idk_dpo"
+    forget_normalization = "sequences"
+    needs_reference = True
+    preference = True
+    ref_log_prob_columns = ("ref_chosen_logps", "ref_rejected_logps")
+    _tag_names = ["hf_unlearn", "unlearning", "idk-dpo"]
+
+    def _pair_log_probs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        joint = concatenated_inputs(batch, self.processing_class.pad_token_id)
+        logps, _ = losses.sequence_log_probs(self.forward_logits(model, joint), joint["labels"])
+        return logps.chunk(2)
+
+    def reference_sequence_log_probs(self, batch):
+        with self.reference() as ref:
+            chosen, rejected = self._pair_log_probs(ref, batch)
+        return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+
+    def compute_forget_loss(self, model, inputs):
+        chosen, rejected = self._pair_log_probs(model, inputs)
+        ref = inputs if "ref_chosen_logps" in inputs else self.reference_sequence_log_probs(inputs)
+        ref_chosen, ref_rejected = ref["ref_chosen_logps"], ref["ref_rejected_logps"]
+        loss = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta)
+        chosen_reward = self.args.beta * (chosen - ref_chosen)
+        rejected_reward = self.args.beta * (rejected - ref_rejected)
+        return loss, {
+            "forget_logps": rejected.mean(),
+            "chosen_logps": chosen.mean(),
+            "rewards_chosen": chosen_reward.mean(),
+            "rewards_rejected": rejected_reward.mean(),
+            "rewards_margin": (chosen_reward - rejected_reward).mean(),
+        }

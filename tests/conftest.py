@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny models built from configs and a word-level tokenizer built in memory (no Hub access)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+WORDS = (
+    "the a of is in and to was his her who what where when which wizard school boy named harry potter "
+    "studied at hogwarts castle capital city france paris germany berlin river seine flows through "
+    "cat sat on mat dog ran park sun shines sky blue water is wet i don't know answer question "
+    "? . , : user assistant system red green apple banana eats likes"
+).split()
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llama(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=4, n_positions=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+FORGET_TEXTS = [
+    "harry potter studied at hogwarts castle .",
+    "the wizard school of harry potter is hogwarts .",
+    "harry potter is a wizard boy .",
+    "hogwarts is the school of the wizard harry potter .",
+]
+RETAIN_TEXTS = [
+    "the capital city of france is paris .",
+    "the river seine flows through paris .",
+    "the capital city of germany is berlin .",
+    "the cat sat on the mat .",
+    "the dog ran in the park .",
+    "the sky is blue and the sun shines .",
+]
+
+
+@pytest.fixture
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture
+def llama(tokenizer):
+    return tiny_llama(tokenizer)
+
+
+@pytest.fixture
+def shared_dir():
+    if not SHARED.exists():
+        pytest.skip("../shared is not present (only on the developers' machines)")
+    return SHARED
