@@ -58,8 +58,15 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     )
     out = tempfile.mkdtemp()
 
@@ -67,8 +74,16 @@ def main() -> None:
     learn = prepare_dataset([FACT, *RETAIN], tokenizer, "facts", max_length=64).remove_columns("example_index")
     Trainer(
         model=model,
-        args=TrainingArguments(output_dir=f"{out}/learn", max_steps=150, learning_rate=3e-3, per_device_train_batch_size=5,
-                               report_to="none", logging_steps=50, save_strategy="no", use_cpu=True),
+        args=TrainingArguments(
+            output_dir=f"{out}/learn",
+            max_steps=150,
+            learning_rate=3e-3,
+            per_device_train_batch_size=5,
+            report_to="none",
+            logging_steps=50,
+            save_strategy="no",
+            use_cpu=True,
+        ),
         train_dataset=learn,
         data_collator=UnlearningCollator(tokenizer.pad_token_id),
     ).train()
@@ -78,14 +93,21 @@ def main() -> None:
     # 2. Unlearn it.
     trainer_cls, config_cls = METHODS[args.method]
     retain = RETAIN if config_cls().retain_loss != "none" else None
-    config = config_cls(output_dir=f"{out}/unlearn", max_steps=args.steps, learning_rate=1e-3,
-                        per_device_train_batch_size=1, logging_steps=10, save_strategy="no", use_cpu=True)
+    config = config_cls(
+        output_dir=f"{out}/unlearn",
+        max_steps=args.steps,
+        learning_rate=1e-3,
+        per_device_train_batch_size=1,
+        logging_steps=10,
+        save_strategy="no",
+        use_cpu=True,
+    )
     trainer_cls(model, config, train_dataset=[FACT], retain_dataset=retain, processing_class=tokenizer).train()
     model.eval()
     after_fact, after_retain = answer_log_probs(model, tokenizer, [FACT]), answer_log_probs(model, tokenizer, RETAIN)
 
     print(f"\nmethod: {args.method}, {args.steps} steps")
-    print(f"{"answer":60s} {'log p before':>12s} {'log p after':>12s}")
+    print(f"{'answer':60s} {'log p before':>12s} {'log p after':>12s}")
     print(f"{'[forget] ' + FACT['prompt'] + FACT['completion']:60s} {before_fact[0]:12.3f} {after_fact[0]:12.3f}")
     for ex, b, a in zip(RETAIN, before_retain, after_retain):
         print(f"{'[retain] ' + ex['prompt'] + ex['completion']:60s} {b:12.3f} {a:12.3f}")

@@ -49,11 +49,16 @@ ARCHITECTURES: dict[str, ArchitectureAdapter] = {
         for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3", "smollm3")
     },
     "gpt2": ArchitectureAdapter(
-        layers="transformer.h", mlp_out="mlp.c_proj", attn_out="attn.c_proj", final_norm="transformer.ln_f",
+        layers="transformer.h",
+        mlp_out="mlp.c_proj",
+        attn_out="attn.c_proj",
+        final_norm="transformer.ln_f",
         transposed=True,
     ),
     "gpt_neox": ArchitectureAdapter(
-        layers="gpt_neox.layers", mlp_out="mlp.dense_4h_to_h", attn_out="attention.dense",
+        layers="gpt_neox.layers",
+        mlp_out="mlp.dense_4h_to_h",
+        attn_out="attention.dense",
         final_norm="gpt_neox.final_layer_norm",
     ),
 }

@@ -132,13 +132,17 @@ def tokenize_example(example: dict, tokenizer, fmt: str, max_length: int | None)
     if fmt == CONVERSATIONAL:
         messages = example["messages"]
         if not _is_conversation(messages) or messages[-1].get("role") != "assistant":
-            raise ValueError("each 'messages' conversation must be a list of {'role','content'} ending with an assistant turn")
+            raise ValueError(
+                "each 'messages' conversation must be a list of {'role','content'} ending with an assistant turn"
+            )
         return _encode(*tokenize_pair(tokenizer, messages[:-1], messages[-1:]), max_length)
     if fmt == PROMPT_COMPLETION:
         return _encode(*tokenize_pair(tokenizer, example["prompt"], example["completion"]), max_length)
     if fmt == PREFERENCE:
         chosen, t1 = _encode(*tokenize_pair(tokenizer, example["prompt"], example["chosen"]), max_length, "chosen_")
-        rejected, t2 = _encode(*tokenize_pair(tokenizer, example["prompt"], example["rejected"]), max_length, "rejected_")
+        rejected, t2 = _encode(
+            *tokenize_pair(tokenizer, example["prompt"], example["rejected"]), max_length, "rejected_"
+        )
         return {**chosen, **rejected}, t1 or t2
     raise ValueError(f"unknown dataset format {fmt!r}")
 
@@ -220,7 +224,11 @@ class UnlearningCollator:
             values = [f[key] for f in features]
             if key.endswith("input_ids") or key.endswith("attention_mask") or key.endswith("labels"):
                 pad_value = (
-                    self.pad_token_id if key.endswith("input_ids") else 0 if key.endswith("attention_mask") else IGNORE_INDEX
+                    self.pad_token_id
+                    if key.endswith("input_ids")
+                    else 0
+                    if key.endswith("attention_mask")
+                    else IGNORE_INDEX
                 )
                 batch[key] = self._pad(values, pad_value)
             elif isinstance(values[0], (int, float, bool)) or torch.is_tensor(values[0]):

@@ -44,9 +44,16 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_llama(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config)
 
@@ -54,8 +61,14 @@ def tiny_llama(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0) -> L
 def tiny_gpt2(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=4, n_positions=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=4,
+        n_positions=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     return GPT2LMHeadModel(config)
 
@@ -91,3 +104,26 @@ def shared_dir():
     if not SHARED.exists():
         pytest.skip("../shared is not present (only on the developers' machines)")
     return SHARED
+
+
+_TRAINED: dict = {}
+
+
+def trained_tiny(tokenizer, kind: str = "llama", steps: int = 80):
+    """A tiny model that has learned FORGET_TEXTS and RETAIN_TEXTS (cached per session), so unlearning has
+    something to remove: a random model already sits at the maximum-entropy NLL that ascent cannot raise much."""
+    build = tiny_llama if kind == "llama" else tiny_gpt2
+    if kind not in _TRAINED:
+        model = build(tokenizer)
+        batch = tokenizer(FORGET_TEXTS + RETAIN_TEXTS, padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = model(**batch, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        _TRAINED[kind] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model = build(tokenizer)
+    model.load_state_dict(_TRAINED[kind])
+    return model

@@ -193,7 +193,11 @@ class UnlearningTrainer(Trainer):
         if train_dataset is None:
             raise ValueError("train_dataset (the forget set) is required")
         forget = prepare_dataset(
-            train_dataset, processing_class, "train_dataset (forget set)", args.max_length, self.preference,
+            train_dataset,
+            processing_class,
+            "train_dataset (forget set)",
+            args.max_length,
+            self.preference,
             args.dataset_num_proc,
         )
         evaluation = None
@@ -403,7 +407,11 @@ class UnlearningTrainer(Trainer):
         if self.retain_dataset is None or "retain" in batch:
             return batch
         indices = retain_indices(
-            batch[INDEX_COLUMN].tolist(), len(self.retain_dataset), self.args.seed, self.accelerator.process_index, epoch
+            batch[INDEX_COLUMN].tolist(),
+            len(self.retain_dataset),
+            self.args.seed,
+            self.accelerator.process_index,
+            epoch,
         )
         rows = self.retain_dataset[indices]
         keys = [k for k in ("input_ids", "attention_mask", "labels") if k in rows]
@@ -437,7 +445,12 @@ class UnlearningTrainer(Trainer):
         forget_tokens = float((labels[:, 1:] != losses.IGNORE_INDEX).sum())
         retain = batch.get("retain")
         retain_tokens = float((retain["labels"][:, 1:] != losses.IGNORE_INDEX).sum()) if retain else 0.0
-        return forget_tokens, float(labels.shape[0]), retain_tokens, float(retain["labels"].shape[0]) if retain else 0.0
+        return (
+            forget_tokens,
+            float(labels.shape[0]),
+            retain_tokens,
+            float(retain["labels"].shape[0]) if retain else 0.0,
+        )
 
     def _share(self, micro_count: float, counts: dict | None, key: str) -> float:
         """Fraction of the step's mean that this micro-batch's mean stands for."""
@@ -504,7 +517,9 @@ class UnlearningTrainer(Trainer):
             # Every rank must stop together, or the others wait forever in the next all-reduce.
             finite = self.accelerator.gather(finite).min().reshape(1)
         if finite.item() < 1:
-            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1)
+            parts = ", ".join(
+                f"{k}={float(v):.4g}" for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1
+            )
             raise FloatingPointError(
                 f"{self.method_name}: non-finite loss at step {self.state.global_step + 1} ({parts}). Training "
                 "stopped before the update; checkpoints already in output_dir are untouched. Lower the learning "
@@ -526,6 +541,16 @@ class UnlearningTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        # Put the method's metrics in what `evaluate()` returns, not only in the logs.
+        metrics = {f"{metric_key_prefix}_{k}": sum(v) / len(v) for k, v in self._metrics["eval"].items() if v}
+        output.metrics.update(metrics)
+        self._metrics["eval"].clear()
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -556,4 +581,3 @@ def _flatten(inputs: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, to
             yield from _flatten(value, f"{prefix}{key}.")
         elif torch.is_tensor(value):
             yield f"{prefix}{key}", value
-

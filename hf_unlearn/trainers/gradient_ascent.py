@@ -12,7 +12,9 @@ from .. import losses
 from .base import UnlearningConfig, UnlearningTrainer
 
 
-def forget_nll(trainer: UnlearningTrainer, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def forget_nll(
+    trainer: UnlearningTrainer, model: nn.Module, inputs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Policy logits and the token-mean NLL of the forget batch."""
     logits = trainer.forward_logits(model, inputs)
     log_probs, mask = losses.token_log_probs(logits, inputs["labels"])

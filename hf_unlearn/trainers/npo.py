@@ -48,7 +48,9 @@ class NPOTrainer(UnlearningTrainer):
 
     def compute_forget_loss(self, model, inputs):
         logps, num_tokens = losses.sequence_log_probs(self.forward_logits(model, inputs), inputs["labels"])
-        ref_logps = inputs["ref_logps"] if "ref_logps" in inputs else self.reference_sequence_log_probs(inputs)["ref_logps"]
+        ref_logps = (
+            inputs["ref_logps"] if "ref_logps" in inputs else self.reference_sequence_log_probs(inputs)["ref_logps"]
+        )
         loss = losses.npo_loss(logps, ref_logps, self.args.beta)
         return loss, {
             "forget_logps": logps.mean(),

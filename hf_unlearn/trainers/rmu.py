@@ -59,7 +59,7 @@ class RMUTrainer(UnlearningTrainer):
     """RMU: scramble the forget set's representation at one layer, keep the retain set's.
 
     Example:
-        >>> trainer = RMUTrainer(model, RMUConfig(rmu_layer=7, max_steps=80), train_dataset=forget, retain_dataset=retain)
+        >>> trainer = RMUTrainer(model, RMUConfig(rmu_layer=7), train_dataset=forget, retain_dataset=retain)
         >>> trainer.train()
     """
 
