@@ -225,7 +225,7 @@ class UnlearningTrainer(Trainer):
             ref_model = None
         elif ref_model is None and not self._is_peft:
             # The starting model, frozen. With PEFT the base model with the adapter disabled plays this role.
-            ref_model = copy.deepcopy(unwrap_model(model))
+            ref_model = self._copy_reference(model, model_id, args)
         if ref_model is not None:
             ref_model.requires_grad_(False)
             ref_model.eval()
@@ -273,6 +273,22 @@ class UnlearningTrainer(Trainer):
             # Re-resolve precision for the new class rather than inheriting a possibly stale value.
             return config_class(**values)
         raise TypeError(f"args must be a {config_class.__name__}, got {type(args).__name__}")
+
+    @staticmethod
+    def _copy_reference(model: nn.Module, model_id: str, args: UnlearningConfig) -> nn.Module:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            # Under ZeRO-3 the loaded weights are already partitioned: a deep copy would copy empty shards.
+            if not model_id:
+                raise ValueError(
+                    "under DeepSpeed ZeRO-3 the reference model is loaded from the model's path, and this model has "
+                    "none: pass ref_model=..., load the model from a path, or use peft_config"
+                )
+            from trl.trainer.utils import create_model_from_path
+
+            return create_model_from_path(model_id, **(args.model_init_kwargs or {}))
+        return copy.deepcopy(unwrap_model(model))
 
     @staticmethod
     def _apply_peft(model, peft_config, args):
@@ -463,8 +479,10 @@ class UnlearningTrainer(Trainer):
         return micro_count / total * world
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        n_params = unwrap_model(self.model).num_parameters(exclude_embeddings=True)
-        return 6 * n_params * sum(v.numel() for k, v in _flatten(inputs) if k.endswith("input_ids"))
+        if not hasattr(self, "_num_non_embedding_params"):
+            self._num_non_embedding_params = unwrap_model(self.model).num_parameters(exclude_embeddings=True)
+        tokens = sum(v.numel() for k, v in _flatten(inputs) if k.endswith("input_ids"))
+        return 6 * self._num_non_embedding_params * tokens
 
     # ------------------------------------------------------------------ forward passes
 
@@ -518,7 +536,7 @@ class UnlearningTrainer(Trainer):
             finite = self.accelerator.gather(finite).min().reshape(1)
         if finite.item() < 1:
             parts = ", ".join(
-                f"{k}={float(v):.4g}" for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1
+                f"{k}={float(v.detach()):.4g}" for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1
             )
             raise FloatingPointError(
                 f"{self.method_name}: non-finite loss at step {self.state.global_step + 1} ({parts}). Training "
