@@ -30,6 +30,8 @@ class ArchitectureAdapter:
         final_norm: dotted path from the model to the final norm applied before the unembedding.
         transposed: ``True`` when the weights are stored ``(in, out)`` (GPT-2's ``Conv1D``) instead of
             ``nn.Linear``'s ``(out, in)``; value vector ``j`` is then row ``j`` rather than column ``j``.
+        norm_weight_offset: added to the final norm's weight to get its gain (Gemma's RMSNorm scales by
+            ``1 + weight``).
     """
 
     layers: str
@@ -37,17 +39,22 @@ class ArchitectureAdapter:
     attn_out: str
     final_norm: str
     transposed: bool = False
+    norm_weight_offset: float = 0.0
 
 
 _LLAMA_LIKE = ArchitectureAdapter(
     layers="model.layers", mlp_out="mlp.down_proj", attn_out="self_attn.o_proj", final_norm="model.norm"
 )
 
+_GEMMA = ArchitectureAdapter(
+    layers="model.layers", mlp_out="mlp.down_proj", attn_out="self_attn.o_proj", final_norm="model.norm",
+    norm_weight_offset=1.0,
+)
+
 ARCHITECTURES: dict[str, ArchitectureAdapter] = {
-    **{
-        name: _LLAMA_LIKE
-        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3", "smollm3")
-    },
+    **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "smollm3")},
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
     "gpt2": ArchitectureAdapter(
         layers="transformer.h",
         mlp_out="mlp.c_proj",
@@ -115,6 +122,14 @@ def attn_out_module(model: nn.Module, layer: int) -> nn.Module:
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm applied to the last hidden state before the unembedding."""
     return unwrap_model(model).get_submodule(get_adapter(model).final_norm)
+
+
+def final_norm_gain(model: nn.Module) -> torch.Tensor | None:
+    """Elementwise gain of the final norm (``None`` for a norm without a weight, e.g. OLMo's)."""
+    weight = getattr(final_norm(model), "weight", None)
+    if weight is None:
+        return None
+    return weight + get_adapter(model).norm_weight_offset
 
 
 def unembedding(model: nn.Module) -> torch.Tensor:

@@ -1,0 +1,95 @@
+"""Value vectors and their projection onto the vocabulary (the "logit lens" of an MLP value vector)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..architectures import decoder_layers, final_norm_gain, unembedding, value_vectors_view
+
+
+def value_vector(model: nn.Module, layer: int, dim: int) -> torch.Tensor:
+    """A copy of value vector ``dim`` of layer ``layer`` (shape ``(d_model,)``), whatever the weight layout.
+
+    Example:
+        >>> v = value_vector(model, layer=20, dim=10513)
+        >>> token_ids, scores = project_to_vocab(model, v)
+    """
+    view = value_vectors_view(model, layer)
+    if not 0 <= dim < view.shape[1]:
+        raise IndexError(f"dim {dim} out of range: layer {layer} has {view.shape[1]} value vectors")
+    return view[:, dim].detach().clone()
+
+
+def _gained(model: nn.Module, vectors: torch.Tensor, apply_final_norm: bool) -> torch.Tensor:
+    if not apply_final_norm:
+        return vectors
+    gain = final_norm_gain(model)
+    if gain is None:
+        return vectors
+    gain = gain.detach().to(vectors.dtype)
+    return vectors * (gain if vectors.dim() == 1 else gain[:, None])
+
+
+@torch.no_grad()
+def project_to_vocab(
+    model: nn.Module, vector: torch.Tensor, top_k: int = 200, apply_final_norm: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` tokens of ``E · v`` (``E`` the unembedding): ``(token_ids, scores)``, highest first.
+
+    ``apply_final_norm`` multiplies ``v`` by the final norm's gain first (off by default, as in ConceptVectors).
+    """
+    embedding = unembedding(model).detach()
+    vector = _gained(model, vector.to(embedding.device, embedding.dtype), apply_final_norm)
+    logits = embedding.float() @ vector.float()
+    scores, ids = logits.topk(min(top_k, logits.shape[0]))
+    return ids, scores
+
+
+@dataclass
+class VocabChunk:
+    """Projection results for value vectors ``dims`` of ``layer``."""
+
+    layer: int
+    dims: torch.Tensor
+    top_ids: torch.Tensor  # (len(dims), top_k)
+    top_scores: torch.Tensor  # (len(dims), top_k)
+    extra: torch.Tensor | None = None  # what score_fn returned, one value per dim
+
+
+@torch.no_grad()
+def scan_value_vectors(
+    model: nn.Module,
+    layers: Sequence[int] | None = None,
+    top_k: int = 200,
+    chunk_size: int = 512,
+    apply_final_norm: bool = False,
+    score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = False,
+) -> Iterator[VocabChunk]:
+    """Project every value vector of ``layers`` onto the vocabulary, ``chunk_size`` vectors at a time.
+
+    Peak extra memory is one ``(vocab, chunk_size)`` float32 logits block. ``score_fn`` receives that block (one
+    column per value vector) and returns one score per column, e.g. how much the vector promotes a token set.
+
+    Example:
+        >>> for chunk in scan_value_vectors(model, layers=[20], top_k=20):
+        ...     print(chunk.layer, chunk.dims[:3], chunk.top_ids[:3])
+    """
+    from tqdm.auto import tqdm
+
+    embedding = unembedding(model).detach().float()
+    layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
+    for layer in tqdm(layers, desc="Projecting value vectors", disable=not progress):
+        view = value_vectors_view(model, layer).detach()
+        for start in range(0, view.shape[1], chunk_size):
+            block = _gained(model, view[:, start : start + chunk_size].float(), apply_final_norm)
+            logits = embedding @ block.to(embedding.device)  # (vocab, chunk)
+            scores, ids = logits.topk(min(top_k, logits.shape[0]), dim=0)
+            extra = score_fn(logits) if score_fn is not None else None
+            dims = torch.arange(start, start + block.shape[1])
+            yield VocabChunk(layer, dims, ids.T.contiguous(), scores.T.contiguous(), extra)
+            del logits
