@@ -3,6 +3,7 @@
 from .base import UnlearningConfig, UnlearningTrainer
 from .dpo import IdkDPOConfig, IdkDPOTrainer
 from .gradient_ascent import GradAscentConfig, GradAscentTrainer, GradDiffConfig, GradDiffTrainer
+from .needle import NeedleConfig, NeedleTrainer
 from .npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
 from .rmu import RMUConfig, RMUTrainer
 from .undial import UNDIALConfig, UNDIALTrainer
@@ -16,6 +17,8 @@ __all__ = [
     "IdkDPOConfig",
     "IdkDPOTrainer",
     "NPOConfig",
+    "NeedleConfig",
+    "NeedleTrainer",
     "NPOTrainer",
     "RMUConfig",
     "RMUTrainer",
