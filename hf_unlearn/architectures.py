@@ -114,6 +114,16 @@ def mlp_out_module(model: nn.Module, layer: int) -> nn.Module:
     return layers[layer].get_submodule(get_adapter(model).mlp_out)
 
 
+def mlp_module(model: nn.Module, layer: int) -> nn.Module:
+    """The whole MLP block of decoder layer ``layer`` (the parent of its output projection)."""
+    return decoder_layers(model)[layer].get_submodule(get_adapter(model).mlp_out.rpartition(".")[0])
+
+
+def attn_module(model: nn.Module, layer: int) -> nn.Module:
+    """The whole attention block of decoder layer ``layer`` (the parent of its output projection)."""
+    return decoder_layers(model)[layer].get_submodule(get_adapter(model).attn_out.rpartition(".")[0])
+
+
 def attn_out_module(model: nn.Module, layer: int) -> nn.Module:
     """The attention output projection of decoder layer ``layer``."""
     return decoder_layers(model)[layer].get_submodule(get_adapter(model).attn_out)

@@ -1,0 +1,134 @@
+"""Record and overwrite per-layer activations at three sites, with hooks that are always removed.
+
+Sites (resolved through the architecture adapters):
+
+* ``"mlp"``: the MLP coefficients, i.e. the *input* of the MLP output projection, ``(B, T, d_ff)``;
+* ``"attn"``: the output of the attention output projection, before the residual add, ``(B, T, d_model)``;
+* ``"residual"``: the output of the decoder layer (the residual stream after the layer), ``(B, T, d_model)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..architectures import attn_out_module, decoder_layers, mlp_out_module
+
+SITES = ("mlp", "attn", "residual")
+
+
+def _check_site(site: str) -> None:
+    if site not in SITES:
+        raise ValueError(f"site={site!r}: choose one of {SITES}")
+
+
+def _site_module(model: nn.Module, site: str, layer: int) -> nn.Module:
+    if site == "mlp":
+        return mlp_out_module(model, layer)
+    if site == "attn":
+        return attn_out_module(model, layer)
+    return decoder_layers(model)[layer]
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, value):
+    return (value, *output[1:]) if isinstance(output, tuple) else value
+
+
+def _select(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    return tensor if positions is None else tensor[positions]
+
+
+@contextmanager
+def record_activations(
+    model: nn.Module, site: str, layers: Iterable[int], positions: torch.Tensor | None = None, to_cpu: bool = False
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record ``site`` at ``layers`` during the forward passes run inside the block.
+
+    ``positions`` (a ``(B, T)`` bool mask) keeps only those positions (flattened to ``(N, d)``); ``None`` keeps all.
+    Values are detached. Hooks are removed on exit, also on an exception.
+
+    Example:
+        >>> with record_activations(model, "mlp", layers=range(4)) as acts:
+        ...     model(**batch)
+    """
+    _check_site(site)
+    store: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(layer: int, pre: bool):
+        def pre_hook(_module, args):
+            value = _select(args[0].detach(), positions)
+            store[layer] = value.cpu() if to_cpu else value
+
+        def post_hook(_module, _args, output):
+            value = _select(_first(output).detach(), positions)
+            store[layer] = value.cpu() if to_cpu else value
+
+        return pre_hook if pre else post_hook
+
+    try:
+        for layer in layers:
+            module = _site_module(model, site, layer)
+            if site == "mlp":
+                handles.append(module.register_forward_pre_hook(make_hook(layer, pre=True)))
+            else:
+                handles.append(module.register_forward_hook(make_hook(layer, pre=False)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def patch_activations(
+    model: nn.Module, site: str, values: dict[int, torch.Tensor], positions: torch.Tensor | None = None
+) -> Iterator[nn.Module]:
+    """Overwrite ``site`` at each layer of ``values`` with the given tensor during the forward passes in the block.
+
+    ``values[layer]`` has the full ``(B, T, d)`` shape when ``positions`` is ``None``, else the ``(N, d)`` shape of
+    the selected positions (as :func:`record_activations` returns them). Hooks are removed on exit.
+
+    Example:
+        >>> with patch_activations(unlearned, "mlp", {30: original_coefficients[30]}):
+        ...     logits = unlearned(**batch).logits
+    """
+    _check_site(site)
+    handles = []
+
+    def patched(current: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        value = value.to(current.device, current.dtype)
+        if positions is None:
+            if value.shape != current.shape:
+                raise ValueError(f"patch of shape {tuple(value.shape)} for an activation of {tuple(current.shape)}")
+            return value
+        out = current.clone()
+        out[positions] = value
+        return out
+
+    def make_hook(value: torch.Tensor, pre: bool):
+        def pre_hook(_module, args):
+            return (patched(args[0], value), *args[1:])
+
+        def post_hook(_module, _args, output):
+            return _replace_first(output, patched(_first(output), value))
+
+        return pre_hook if pre else post_hook
+
+    try:
+        for layer, value in values.items():
+            module = _site_module(model, site, layer)
+            if site == "mlp":
+                handles.append(module.register_forward_pre_hook(make_hook(value, pre=True)))
+            else:
+                handles.append(module.register_forward_hook(make_hook(value, pre=False)))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,102 @@
+"""``DissectionTable``: rows of (experiment, component, layer, KRS) that serialise to JSON and draw a PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class DissectionTable:
+    """Results of activation patching / parameter restoration (and anything with the same row shape).
+
+    Example:
+        >>> table = activation_patching(original, unlearned, tokenizer, probes) + parameter_restoration(...)
+        >>> table.plot("dissection.png"); table.to_json("dissection.json")
+    """
+
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __add__(self, other: DissectionTable) -> DissectionTable:
+        return DissectionTable(self.rows + other.rows, {**self.meta, **other.meta})
+
+    def curve(self, experiment: str, component: str) -> tuple[list[int], list[float]]:
+        """Layers and KRS values of one line of the figure."""
+        rows = [r for r in self.rows if r["experiment"] == experiment and r["component"] == component]
+        rows.sort(key=lambda r: r["layer"])
+        return [r["layer"] for r in rows], [r["krs"] for r in rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "rows": self.rows}
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> DissectionTable:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return cls(data["rows"], data.get("meta", {}))
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def plot(self, path: str | os.PathLike, title: str | None = None) -> None:
+        """KRS by centre layer, one line per component; restoration beside patching."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        experiments = [
+            e for e in ("activation_patching", "parameter_restoration") if any(r["experiment"] == e for r in self.rows)
+        ]
+        experiments += sorted({r["experiment"] for r in self.rows} - set(experiments))
+        fig, axes = plt.subplots(1, len(experiments), figsize=(5.5 * len(experiments), 4), squeeze=False, sharey=True)
+        for ax, experiment in zip(axes[0], experiments):
+            components = list(dict.fromkeys(r["component"] for r in self.rows if r["experiment"] == experiment))
+            for component in components:
+                layers, values = self.curve(experiment, component)
+                ax.plot(layers, values, marker="o", markersize=3, label=component)
+            ax.axhline(0, color="grey", linewidth=0.5)
+            ax.axhline(1, color="grey", linewidth=0.5, linestyle="--")
+            ax.set_title(experiment.replace("_", " "))
+            ax.set_xlabel("centre layer of the window")
+            ax.legend()
+        axes[0][0].set_ylabel("knowledge recovery score")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+    def __str__(self) -> str:
+        lines = ["| experiment | component | layer | KRS |", "|---|---|---|---|"]
+        lines += [f"| {r['experiment']} | {r['component']} | {r['layer']} | {r['krs']:.3f} |" for r in self.rows]
+        return "\n".join(lines)
