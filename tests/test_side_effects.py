@@ -1,0 +1,79 @@
+"""Side effects, relearning and jailbreak scoring on tiny models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import FORGET_TEXTS, RETAIN_TEXTS, trained_tiny
+
+from hf_unlearn.concepts import ConceptVector, answer_questions
+from hf_unlearn.dissect import jailbreak_attack, relearning_attack, side_effects
+
+QUESTIONS = ["harry potter studied at", "the capital city of france is"]
+
+
+def test_identical_models_have_no_side_effects(tokenizer):
+    model = trained_tiny(tokenizer)
+    report = side_effects(
+        model, copy.deepcopy(model), tokenizer, QUESTIONS, RETAIN_TEXTS[:2], max_new_tokens=6, prompt_template="{q}"
+    )
+    assert report["answers"]["rouge_l"] == pytest.approx(1.0)
+    assert report["perplexity_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert report["mean_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_damaged_model_shows_side_effects(tokenizer):
+    model = trained_tiny(tokenizer)
+    damaged = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in damaged.model.layers[1].parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    report = side_effects(
+        model, damaged, tokenizer, QUESTIONS, RETAIN_TEXTS[:2], max_new_tokens=6, prompt_template="{q}"
+    )
+    assert report["perplexity_ratio"] > 1.05
+    assert report["mean_kl"] > 0.01
+
+
+def test_relearning_brings_forgotten_answers_back_and_leaves_the_model_alone(tokenizer):
+    original = trained_tiny(tokenizer)
+    unlearned = copy.deepcopy(original)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        weight = unlearned.model.layers[1].mlp.down_proj.weight
+        weight.add_(torch.randn_like(weight))
+    before = {k: v.clone() for k, v in unlearned.state_dict().items()}
+    reference = answer_questions(original, tokenizer, QUESTIONS, max_new_tokens=5, prompt_template="{q}")
+    report = relearning_attack(
+        unlearned,
+        tokenizer,
+        FORGET_TEXTS + RETAIN_TEXTS,
+        QUESTIONS,
+        reference,
+        steps=40,
+        learning_rate=1e-2,
+        max_new_tokens=5,
+        prompt_template="{q}",
+    )
+    assert report["after"]["rouge_l"] > report["before"]["rouge_l"]
+    assert report["recovered_rouge_l"] > 0
+    for key, value in unlearned.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_jailbreak_scores_every_family(tokenizer):
+    model = trained_tiny(tokenizer)
+    vector = ConceptVector("harry potter", 1, 0, questions=QUESTIONS[:1], source_text=FORGET_TEXTS[0])
+    scores = jailbreak_attack(
+        model,
+        copy.deepcopy(model),
+        tokenizer,
+        vector,
+        max_new_tokens=4,
+        translations={"harry potter": ["wer ist harry potter ?"]},
+    )
+    assert {"role_play", "grandmother", "in_context"} <= set(scores)
+    for family, s in scores.items():
+        assert s["rouge_l"] == pytest.approx(1.0), family
