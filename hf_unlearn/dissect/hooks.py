@@ -33,6 +33,14 @@ def _site_module(model: nn.Module, site: str, layer: int) -> nn.Module:
     return decoder_layers(model)[layer]
 
 
+def _register(model: nn.Module, site: str, layer: int, pre_hook, post_hook):
+    """The MLP coefficients are the *input* of the output projection (pre-hook); the other sites are outputs."""
+    module = _site_module(model, site, layer)
+    if site == "mlp":
+        return module.register_forward_pre_hook(pre_hook)
+    return module.register_forward_hook(post_hook)
+
+
 def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -62,24 +70,16 @@ def record_activations(
     store: dict[int, torch.Tensor] = {}
     handles = []
 
-    def make_hook(layer: int, pre: bool):
-        def pre_hook(_module, args):
-            value = _select(args[0].detach(), positions)
+    def hooks(layer: int):
+        def keep(value: torch.Tensor) -> None:
+            value = _select(value.detach(), positions)
             store[layer] = value.cpu() if to_cpu else value
 
-        def post_hook(_module, _args, output):
-            value = _select(_first(output).detach(), positions)
-            store[layer] = value.cpu() if to_cpu else value
-
-        return pre_hook if pre else post_hook
+        return (lambda _module, args: keep(args[0])), (lambda _module, _args, output: keep(_first(output)))
 
     try:
         for layer in layers:
-            module = _site_module(model, site, layer)
-            if site == "mlp":
-                handles.append(module.register_forward_pre_hook(make_hook(layer, pre=True)))
-            else:
-                handles.append(module.register_forward_hook(make_hook(layer, pre=False)))
+            handles.append(_register(model, site, layer, *hooks(layer)))
         yield store
     finally:
         for handle in handles:
@@ -112,22 +112,18 @@ def patch_activations(
         out[positions] = value
         return out
 
-    def make_hook(value: torch.Tensor, pre: bool):
+    def hooks(value: torch.Tensor):
         def pre_hook(_module, args):
             return (patched(args[0], value), *args[1:])
 
         def post_hook(_module, _args, output):
             return _replace_first(output, patched(_first(output), value))
 
-        return pre_hook if pre else post_hook
+        return pre_hook, post_hook
 
     try:
         for layer, value in values.items():
-            module = _site_module(model, site, layer)
-            if site == "mlp":
-                handles.append(module.register_forward_pre_hook(make_hook(value, pre=True)))
-            else:
-                handles.append(module.register_forward_hook(make_hook(value, pre=False)))
+            handles.append(_register(model, site, layer, *hooks(value)))
         yield model
     finally:
         for handle in handles:
