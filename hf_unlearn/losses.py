@@ -137,7 +137,10 @@ def undial_loss(policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: t
     """
     policy_logits, targets, mask = shift_labels(policy_logits, labels)
     ref_logits = ref_logits[:, :-1, :].float()
-    lowered = ref_logits - beta * F.one_hot(targets, num_classes=ref_logits.shape[-1]).to(ref_logits.dtype)
+    # scatter_add instead of one_hot: a (B, T, V) one-hot tensor costs gigabytes at a 128k vocabulary.
+    lowered = ref_logits.scatter_add(
+        -1, targets.unsqueeze(-1), ref_logits.new_full(targets.unsqueeze(-1).shape, -beta)
+    )
     target_probs = torch.softmax(lowered, dim=-1)
     policy_logp = torch.log_softmax(policy_logits.float(), dim=-1)
     per_position = -(target_probs * policy_logp).sum(-1)

@@ -383,7 +383,11 @@ class UnlearningTrainer(Trainer):
         index_parts, value_parts = [], defaultdict(list)
         from tqdm.auto import tqdm
 
-        for batch in tqdm(loader, desc=f"Reference log-probs ({name})", disable=not self.is_local_process_zero()):
+        for batch in tqdm(
+            loader,
+            desc=f"Reference log-probs ({name})",
+            disable=self.args.disable_tqdm or not self.is_local_process_zero(),
+        ):
             batch = self._prepare_inputs(batch)
             values = self.reference_sequence_log_probs(batch)
             index_parts.append(self.accelerator.gather_for_metrics(batch[INDEX_COLUMN]).cpu())
@@ -551,7 +555,8 @@ class UnlearningTrainer(Trainer):
         values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32).detach().mean() for k in names])
         if self.args.world_size > 1:
             values = self.accelerator.gather(values.to(self.args.device).unsqueeze(0)).mean(0)
-        for name, value in zip(names, values.tolist()):
+        # Kept as tensors until `log`: converting here would sync the device on every micro-batch.
+        for name, value in zip(names, values):
             self._metrics[mode][name].append(value)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -565,19 +570,30 @@ class UnlearningTrainer(Trainer):
     ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         # Put the method's metrics in what `evaluate()` returns, not only in the logs.
-        metrics = {f"{metric_key_prefix}_{k}": sum(v) / len(v) for k, v in self._metrics["eval"].items() if v}
+        metrics = {f"{metric_key_prefix}_{k}": _mean(v) for k, v in self._metrics["eval"].items() if v}
         output.metrics.update(metrics)
         self._metrics["eval"].clear()
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {key: sum(v) / len(v) for key, v in self._metrics[mode].items() if v}
+        metrics = {key: _mean(v) for key, v in self._metrics[mode].items() if v}
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
         logs = {**logs, **metrics}
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+
+@torch.no_grad()
+def detached_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean NLL for logging only: no autograd graph is kept for it."""
+    log_probs, mask = losses.token_log_probs(logits.detach(), labels)
+    return -losses.masked_mean(log_probs, mask)
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    return torch.stack(values).float().mean().item()
 
 
 def _disable_dropout(model: nn.Module) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..architectures import decoder_layers, mlp_out_module
+from ..architectures import decoder_layers, mlp_out_module, unwrap_model
 from .base import UnlearningConfig, UnlearningTrainer
 
 
@@ -55,6 +55,10 @@ class RMUConfig(UnlearningConfig):
         return [layer for layer in range(self.rmu_layer - 2, self.rmu_layer + 1) if layer >= 0]
 
 
+class _LayerReached(Exception):
+    """Raised by the capture hook to end a forward pass early."""
+
+
 class RMUTrainer(UnlearningTrainer):
     """RMU: scramble the forget set's representation at one layer, keep the retain set's.
 
@@ -92,11 +96,13 @@ class RMUTrainer(UnlearningTrainer):
         self.control_vector = direction / direction.norm()
 
     @contextmanager
-    def _capture(self, model: nn.Module) -> Iterator[dict]:
+    def _capture(self, model: nn.Module, stop: bool) -> Iterator[dict]:
         store: dict = {}
 
         def hook(_module, _args, output):
             store["hidden"] = output[0] if isinstance(output, tuple) else output
+            if stop:
+                raise _LayerReached
 
         handle = decoder_layers(model)[self.args.rmu_layer].register_forward_hook(hook)
         try:
@@ -105,9 +111,18 @@ class RMUTrainer(UnlearningTrainer):
             handle.remove()
 
     def layer_activations(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Output of decoder layer ``rmu_layer`` on ``batch``."""
-        with self._capture(model) as store:
-            self.forward_logits(model, batch)
+        """Output of decoder layer ``rmu_layer`` on ``batch``.
+
+        The layers above ``rmu_layer`` and the LM head are skipped on an unwrapped model (an exception leaves the
+        forward once the activation is captured; its autograd graph is intact). DDP / DeepSpeed wrappers expect a
+        complete forward, so wrapped models run to the end.
+        """
+        stop = unwrap_model(model) is model
+        with self._capture(model, stop) as store:
+            try:
+                self.forward_logits(model, batch)
+            except _LayerReached:
+                pass
         return store["hidden"]
 
     def compute_forget_loss(self, model, inputs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import losses
-from .base import UnlearningConfig, UnlearningTrainer
+from .base import UnlearningConfig, UnlearningTrainer, detached_nll
 
 
 @dataclass
@@ -44,5 +44,4 @@ class UNDIALTrainer(UnlearningTrainer):
         with self.reference() as ref:
             ref_logits = self.forward_logits(ref, inputs)
         loss = losses.undial_loss(logits, ref_logits, inputs["labels"], self.args.beta)
-        log_probs, mask = losses.token_log_probs(logits, inputs["labels"])
-        return loss, {"forget_nll": -losses.masked_mean(log_probs, mask)}
+        return loss, {"forget_nll": detached_nll(logits, inputs["labels"])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import losses
-from .base import UnlearningConfig, UnlearningTrainer
+from .base import UnlearningConfig, UnlearningTrainer, detached_nll
 
 
 @dataclass
@@ -39,8 +39,9 @@ class WGATrainer(UnlearningTrainer):
 
     def compute_forget_loss(self, model, inputs):
         logits = self.forward_logits(model, inputs)
-        log_probs, mask = losses.token_log_probs(logits, inputs["labels"])
-        return self.token_weighted_loss(logits, inputs["labels"]), {"forget_nll": -losses.masked_mean(log_probs, mask)}
+        return self.token_weighted_loss(logits, inputs["labels"]), {
+            "forget_nll": detached_nll(logits, inputs["labels"])
+        }
 
 
 @dataclass
