@@ -188,3 +188,13 @@ def test_table_round_trips_and_plots(tokenizer, tmp_path):
     table.plot(tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert len(table.to_dataframe()) == 4 * 3
+
+
+def test_tagged_tables_draw_one_line_per_model_and_component(tokenizer, tmp_path):
+    original, unlearned = pair(tokenizer, layer=1, layers=3)
+    table = parameter_restoration(original, unlearned, tokenizer, PROBES, window=1, progress=False)
+    combined = table.tagged(model="npo") + table.tagged(model="grad_diff")
+    assert combined.lines("parameter_restoration") == ["npo: mlp_out", "grad_diff: mlp_out"]
+    assert combined.curve("parameter_restoration", "npo: mlp_out") == table.curve("parameter_restoration", "mlp_out")
+    combined.plot(tmp_path / "c.png")
+    assert "npo: mlp_out" in str(combined)

@@ -25,6 +25,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['model']}: {row['component']}" if "model" in row else row["component"]
+
+
 @dataclass
 class DissectionTable:
     """Results of activation patching / parameter restoration (and anything with the same row shape).
@@ -40,9 +44,17 @@ class DissectionTable:
     def __add__(self, other: DissectionTable) -> DissectionTable:
         return DissectionTable(self.rows + other.rows, {**self.meta, **other.meta})
 
-    def curve(self, experiment: str, component: str) -> tuple[list[int], list[float]]:
-        """Layers and KRS values of one line of the figure."""
-        rows = [r for r in self.rows if r["experiment"] == experiment and r["component"] == component]
+    def tagged(self, **tags: Any) -> DissectionTable:
+        """A copy whose rows carry ``tags`` (e.g. ``model="npo"``), to combine tables of several unlearned models."""
+        return DissectionTable([{**r, **tags} for r in self.rows], dict(self.meta))
+
+    def lines(self, experiment: str) -> list[str]:
+        """Labels of the figure's lines for ``experiment``: the component, prefixed with the ``model`` tag if any."""
+        return list(dict.fromkeys(_label(r) for r in self.rows if r["experiment"] == experiment))
+
+    def curve(self, experiment: str, line: str) -> tuple[list[int], list[float]]:
+        """Layers and KRS values of one line (a component, or ``"<model>: <component>"`` for tagged rows)."""
+        rows = [r for r in self.rows if r["experiment"] == experiment and _label(r) == line]
         rows.sort(key=lambda r: r["layer"])
         return [r["layer"] for r in rows], [r["krs"] for r in rows]
 
@@ -76,10 +88,9 @@ class DissectionTable:
         experiments += sorted({r["experiment"] for r in self.rows} - set(experiments))
         fig, axes = plt.subplots(1, len(experiments), figsize=(5.5 * len(experiments), 4), squeeze=False, sharey=True)
         for ax, experiment in zip(axes[0], experiments):
-            components = list(dict.fromkeys(r["component"] for r in self.rows if r["experiment"] == experiment))
-            for component in components:
-                layers, values = self.curve(experiment, component)
-                ax.plot(layers, values, marker="o", markersize=3, label=component)
+            for line in self.lines(experiment):
+                layers, values = self.curve(experiment, line)
+                ax.plot(layers, values, marker="o", markersize=3, label=line)
             ax.axhline(0, color="grey", linewidth=0.5)
             ax.axhline(1, color="grey", linewidth=0.5, linestyle="--")
             ax.set_title(experiment.replace("_", " "))
@@ -97,6 +108,6 @@ class DissectionTable:
         os.replace(tmp, path)
 
     def __str__(self) -> str:
-        lines = ["| experiment | component | layer | KRS |", "|---|---|---|---|"]
-        lines += [f"| {r['experiment']} | {r['component']} | {r['layer']} | {r['krs']:.3f} |" for r in self.rows]
+        lines = ["| experiment | line | layer | KRS |", "|---|---|---|---|"]
+        lines += [f"| {r['experiment']} | {_label(r)} | {r['layer']} | {r['krs']:.3f} |" for r in self.rows]
         return "\n".join(lines)
