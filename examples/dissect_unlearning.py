@@ -29,6 +29,7 @@ from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noq
 from smollm2 import load_smollm2  # noqa: E402
 
 import hf_unlearn as hu  # noqa: E402
+from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.concepts import audit_concept_vectors  # noqa: E402
 from hf_unlearn.concepts.locate import locate_concept_vectors  # noqa: E402
 from hf_unlearn.data import UnlearningCollator, prepare_dataset  # noqa: E402
@@ -39,7 +40,6 @@ from hf_unlearn.dissect import (  # noqa: E402
     parameter_restoration,
     side_effects,
 )
-from hf_unlearn.dissect.results import atomic_write_text  # noqa: E402
 from hf_unlearn.losses import sequence_log_probs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from ..architectures import decoder_layers, final_norm_gain, get_adapter, mlp_out_module, unwrap_model
+from ..atomic_files import atomic_write_text
 from .records import ConceptVector
 from .validation import VectorRef, as_vector_refs
 
@@ -238,16 +238,7 @@ class AuditTable:
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the table as strict JSON (no NaN), atomically: a crash never leaves a half-written file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False, indent=1, allow_nan=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1, allow_nan=False))
         return path
 
     @classmethod

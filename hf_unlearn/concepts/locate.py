@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-import math
+import json
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -48,11 +48,13 @@ __all__ = [
     "contrastive_scores",
     "locate_concept_vectors",
     "score_value_vectors",
+    "token_prior",
     "vocab_scores",
 ]
 
-#: Prompt for question/answer pairs; ``"chat"`` instead renders the question with the tokenizer's chat template.
-DEFAULT_PROMPT = "Question: {question}\nAnswer:"
+#: Prompt for question/answer pairs (``{q}`` is the question, as in :mod:`hf_unlearn.concepts.behaviour`); the answer
+#: follows it, teacher forced.
+DEFAULT_PROMPT = "Question: {q}\nAnswer:"
 SCORERS = ("vocab", "attribution")
 
 
@@ -66,8 +68,46 @@ def _token_counts(tokenizer, texts: Sequence[str]) -> Counter:
     return counts
 
 
-def _vocab_size(tokenizer) -> int:
-    return len(tokenizer)
+def token_prior(tokenizer) -> torch.Tensor:
+    """A tokenizer-level unigram distribution over the vocabulary, standing in for "general text" frequencies.
+
+    * Unigram models (SentencePiece/T5 style) store each piece's log-probability: used directly.
+    * BPE models: a token made by merge ``i`` was (roughly) the ``i``-th most frequent pair when the tokenizer was
+      trained, so a Zipf law over the merge rank, ``p ∝ 1 / (rank + 10)``; base characters get rank 100 (common
+      ones like "," or "e" should not look characteristic, rare bytes hardly ever appear in a concept's text).
+    * Anything else (WordLevel, slow tokenizers): uniform, i.e. no prior knowledge.
+
+    Example:
+        >>> prior = token_prior(tok)
+        >>> prior[tok.convert_tokens_to_ids("Ġthe")] > prior[tok.convert_tokens_to_ids("ĠPotter")]
+    """
+    size = len(tokenizer)
+    uniform = torch.full((size,), 1.0 / size, dtype=torch.float64)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return uniform
+    try:
+        spec = json.loads(backend.to_str())["model"]
+    except (ValueError, KeyError, AttributeError):
+        return uniform
+    if spec.get("type") == "Unigram" and spec.get("vocab"):
+        # Pieces are listed in id order as [piece, log-prob].
+        logp = torch.full((size,), -30.0, dtype=torch.float64)
+        scores = torch.tensor([float(score) for _, score in spec["vocab"]], dtype=torch.float64)[:size]
+        logp[: len(scores)] = scores
+        prior = logp.exp()
+        return prior / prior.sum()
+    if spec.get("type") == "BPE" and spec.get("merges"):
+        vocab = spec.get("vocab") or {}
+        rank = torch.full((size,), 100.0, dtype=torch.float64)
+        for index, merge in enumerate(spec["merges"]):
+            left, right = merge if isinstance(merge, (list, tuple)) else merge.split(" ", 1)
+            token_id = vocab.get(left + right)
+            if token_id is not None and token_id < size and rank[token_id] == 100.0:
+                rank[token_id] = float(index)
+        prior = 1.0 / (rank + 10.0)
+        return prior / prior.sum()
+    return uniform
 
 
 def characteristic_tokens(
@@ -77,15 +117,16 @@ def characteristic_tokens(
     num_tokens: int = 50,
     background_weight: float = 0.5,
     smoothing: float = 0.5,
+    prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The tokens that characterise a concept's text against a background: ``(token_ids, weights)``, best first.
 
     Weight of token ``w`` = ``n_c(w) · log(p_c(w) / p_b(w))`` (its contribution to ``KL(p_c || p_b)``, a tf-idf
     style score: frequent in the concept, rare in the background), keeping the ``num_tokens`` best with a positive
     weight. ``p_c`` is the add-``smoothing`` unigram distribution of ``concept_texts``. ``p_b`` mixes the
-    background texts' unigram distribution (share ``background_weight``) with a tokenizer-level prior that stands
-    for general text when the background sample is small or absent: a Zipf law over token ids, which BPE and
-    SentencePiece vocabularies order roughly by frequency (so " the" or " is" never look characteristic).
+    background texts' unigram distribution (share ``background_weight``) with ``prior`` (default
+    :func:`token_prior`), which stands for general text when the background sample is small or absent, so " the"
+    or " of" do not look characteristic just because the background sample is short.
 
     Example:
         >>> ids, weights = characteristic_tokens(tok, ["Harry Potter", "Who wrote Harry Potter? J.K. Rowling"])
@@ -95,19 +136,16 @@ def characteristic_tokens(
     if not concept:
         raise ValueError("the concept has no text to derive characteristic tokens from")
     background = _token_counts(tokenizer, background_texts or [])
-    vocab = _vocab_size(tokenizer)
+    vocab = len(tokenizer)
+    prior = token_prior(tokenizer) if prior is None else prior.double()
     ids = torch.tensor(sorted(concept), dtype=torch.long)
     n_c = torch.tensor([concept[i] for i in ids.tolist()], dtype=torch.float64)
     p_c = (n_c + smoothing) / (n_c.sum() + smoothing * vocab)
-    # Zipf prior over ids: p(i) ∝ 1 / (i + 10) (the offset keeps special/byte tokens from dominating).
-    harmonic = math.log(vocab + 10) - math.log(10)
-    prior = 1.0 / ((ids.double() + 10.0) * harmonic)
+    p_b = prior[ids]
     if background:
         n_b = torch.tensor([background.get(i, 0) for i in ids.tolist()], dtype=torch.float64)
         total_b = float(sum(background.values()))
-        p_b = background_weight * (n_b + smoothing) / (total_b + smoothing * vocab) + (1 - background_weight) * prior
-    else:
-        p_b = prior
+        p_b = background_weight * (n_b + smoothing) / (total_b + smoothing * vocab) + (1 - background_weight) * p_b
     weights = n_c * torch.log(p_c / p_b)
     keep = weights > 0
     ids, weights = ids[keep], weights[keep]
@@ -186,6 +224,7 @@ def _examples(
     text: str | Sequence[str] | None,
     prompt_template: str,
     max_length: int | None,
+    chat: bool = False,
 ) -> list[dict[str, list[int]]]:
     """Tokenised examples: prompt -> answer with -100 on the prompt, or plain text scored everywhere."""
     features = []
@@ -193,11 +232,11 @@ def _examples(
         if len(questions) != len(answers):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers: pass one answer per question")
         for question, answer in zip(questions, answers):
-            if prompt_template == "chat":
-                prompt = [{"role": "user", "content": question}]
+            if chat:
+                prompt = [{"role": "user", "content": prompt_template.format(q=question)}]
                 completion = [{"role": "assistant", "content": answer}]
             else:
-                prompt = prompt_template.format(question=question)
+                prompt = prompt_template.format(q=question)
                 # The answer follows "Answer:" as a new word: give it the leading space a tokenizer expects there.
                 completion = answer if answer[:1].isspace() or prompt[-1:].isspace() else " " + answer
             prompt_ids, completion_ids = tokenize_pair(tokenizer, prompt, completion)
@@ -225,8 +264,10 @@ def attribution_scores(
     text: str | Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     prompt_template: str = DEFAULT_PROMPT,
+    chat: bool = False,
     batch_size: int | None = None,
-    max_length: int | None = 256,
+    max_length: int | None = 512,
+    reduction: str = "sum",
 ) -> dict[int, torch.Tensor]:
     """Activation × gradient of the answers' log-likelihood w.r.t. every MLP coefficient: ``{layer: (d_ff,)}``.
 
@@ -235,6 +276,10 @@ def attribution_scores(
     ``Σ_examples Σ_positions c_j · ∂L/∂c_j``: zeroing value vector ``j`` removes ``c_j · v_j`` at every position, so
     this is the first-order estimate of the log-likelihood it supports. Positive = its presence supports the answers
     (ablating it should lower their log-probability).
+
+    ``reduction``: ``"sum"`` over examples (signed: what the vector does to the mean log-likelihood), ``"abs_sum"``
+    (the sum of per-example magnitudes: a vector that helps one answer and hurts another is not "neutral", which is
+    what a background needs) or ``"none"`` (``{layer: (n_examples, d_ff)}``).
 
     All layers in one forward and one backward per batch (``batch_size=None``: a single batch). A pre-hook on each
     MLP output module adds a zero tensor that requires grad to its input; ``torch.autograd.grad`` w.r.t. those
@@ -248,13 +293,15 @@ def attribution_scores(
         >>> a = attribution_scores(model, tok, questions=["Who wrote Harry Potter?"], answers=["J.K. Rowling"])
         >>> a[12].topk(10)
     """
-    features = _examples(tokenizer, questions, answers, text, prompt_template, max_length)
+    if reduction not in ("sum", "abs_sum", "none"):
+        raise ValueError(f"reduction={reduction!r}: choose 'sum', 'abs_sum' or 'none'")
+    features = _examples(tokenizer, questions, answers, text, prompt_template, max_length, chat)
     layers = _layer_list(model, layers)
     modules = {layer: mlp_out_module(model, layer) for layer in layers}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = UnlearningCollator(pad_id)
     device = next(model.parameters()).device
-    totals = {layer: torch.zeros(value_vectors_view(model, layer).shape[1], dtype=torch.float64) for layer in layers}
+    per_example: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     step = batch_size or len(features)
     was_training = model.training
     handles = []
@@ -291,9 +338,11 @@ def attribution_scores(
                 grads = torch.autograd.grad(objective, [captured[layer][1] for layer in layers], allow_unused=True)
             mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)
             for layer, grad in zip(layers, grads):
-                if grad is not None:
-                    activation = captured[layer][0]
-                    totals[layer] += (activation.float() * grad.float() * mask).sum((0, 1)).double().cpu()
+                activation = captured[layer][0]
+                if grad is None:  # the layer cannot influence the objective (e.g. it only sees padding)
+                    grad = torch.zeros_like(activation)
+                # Sum over positions within each example: the net effect on that example's log-likelihood.
+                per_example[layer].append((activation.float() * grad.float() * mask).sum(1).double().cpu())
             del logits, grads
             captured.clear()
     finally:
@@ -301,7 +350,12 @@ def attribution_scores(
             handle.remove()
         captured.clear()
         model.train(was_training)
-    return {layer: total.float() for layer, total in totals.items()}
+    out = {layer: torch.cat(parts) for layer, parts in per_example.items()}
+    if reduction == "sum":
+        return {layer: values.sum(0).float() for layer, values in out.items()}
+    if reduction == "abs_sum":
+        return {layer: values.abs().sum(0).float() for layer, values in out.items()}
+    return {layer: values.float() for layer, values in out.items()}
 
 
 def contrastive_scores(
@@ -311,16 +365,17 @@ def contrastive_scores(
 ) -> dict[int, torch.Tensor]:
     """``concept / (|background| + constant)``: high for vectors that support the concept but not everything else.
 
-    ``constant`` (default: the mean ``|background|`` over all scored vectors) sets how much a tiny background
-    attribution is trusted: with 0 a vector that does nothing anywhere could win on noise, and a very large constant
-    gives back the plain concept attribution.
+    ``background`` is best the ``reduction="abs_sum"`` attribution (per-example magnitudes, so effects on different
+    background answers cannot cancel out). ``constant`` (default: half the mean ``|background|`` over all scored
+    vectors) sets how far a tiny background attribution is trusted: with 0 a vector that does nothing anywhere
+    could win on noise; a very large constant gives back the plain concept attribution.
 
     Example:
         >>> c = attribution_scores(model, tok, questions=hp_q, answers=hp_a)
-        >>> s = contrastive_scores(c, attribution_scores(model, tok, questions=bg_q, answers=bg_a))
+        >>> s = contrastive_scores(c, attribution_scores(model, tok, bg_q, bg_a, reduction="abs_sum"))
     """
     if constant is None:
-        constant = float(torch.cat([b.abs() for b in background.values()]).mean())
+        constant = 0.5 * float(torch.cat([b.abs() for b in background.values()]).mean())
     constant = max(constant, 1e-12)
     return {layer: concept[layer] / (background[layer].abs() + constant) for layer in concept}
 
@@ -333,8 +388,11 @@ class ConceptScores:
     Attributes:
         concept: the concept's name.
         ranking: ``{layer: (d_ff,)}``, the score that orders the candidates (higher = more concept-specific).
-        components: every computed score by name (``"vocab"``, ``"attribution"`` (contrastive when a background was
-            given), ``"attribution_concept"``, ``"attribution_background"``), each ``{layer: (d_ff,)}``.
+        components: every computed score by name, each ``{layer: (d_ff,)}``: ``"vocab"``; ``"attribution"``
+            (contrastive when a background was given; the rank fusion of the QA and text scores when both were used);
+            the raw ``"attribution_concept"`` / ``"attribution_background"`` (with ``_qa`` / ``_text`` infixes, e.g.
+            ``"attribution_qa_concept"``, when both kinds of data were used) and ``"attribution_qa"`` /
+            ``"attribution_text"``.
         token_ids / token_weights: the characteristic tokens used by the vocab scorer (empty without it).
         questions, answers, source_text, background_questions: the data, copied into the records.
 
@@ -442,15 +500,23 @@ def score_value_vectors(
     scorer: str | Sequence[str] = "attribution",
     layers: Sequence[int] | None = None,
     prompt_template: str = DEFAULT_PROMPT,
+    chat: bool = False,
+    attribution_data: str = "auto",
     contrastive: bool = True,
     contrast_constant: float | None = None,
     num_tokens: int = 50,
     vocab_method: str = "moments",
     apply_final_norm: bool = False,
     batch_size: int | None = None,
-    max_length: int | None = 256,
+    max_length: int | None = 512,
 ) -> ConceptScores:
-    """Score every value vector of ``layers`` for ``concept`` with ``scorer``; see :func:`locate_concept_vectors`.
+    """Score every value vector of ``layers`` for ``concept``; arguments as in :func:`locate_concept_vectors`.
+
+    ``attribution_data``: ``"qa"`` (answer log-likelihood), ``"text"`` (LM log-likelihood of each text, one
+    sequence per string: pass a paragraph as one string so later sentences see the concept in context), ``"both"``
+    (each contrasted with its own kind of background, then rank-fused) or ``"auto"`` (``"both"`` when questions with
+    answers and a text are given, else whichever is there). On SmolLM2-135M, adding the text made the located set
+    generalise to held-out questions about the same concept (examples/locate_concept.py).
 
     Example:
         >>> result = score_value_vectors(model, tok, "Paris", questions=qs, answers=ans, scorer="vocab")
@@ -462,6 +528,7 @@ def score_value_vectors(
         raise ValueError(f"scorer={scorer!r}: choose 'vocab', 'attribution' or both as a tuple")
     questions, background_questions = list(questions or []), list(background_questions or [])
     answers_list = None if answers is None else list(answers)
+    background_answers_list = None if background_answers is None else list(background_answers)
     texts, background_texts = _as_list(text), _as_list(background_text)
     layers = _layer_list(model, layers)
     result = ConceptScores(
@@ -476,7 +543,7 @@ def score_value_vectors(
     if "vocab" in names:
         # The concept's own words; answers get a leading space, the form they take inside running text.
         concept_texts = [" " + concept, *questions, *(" " + a for a in answers_list or []), *texts]
-        background_all = [*background_questions, *(" " + a for a in background_answers or []), *background_texts]
+        background_all = [*background_questions, *(" " + a for a in background_answers_list or []), *background_texts]
         ids, weights = characteristic_tokens(tokenizer, concept_texts, background_all, num_tokens=num_tokens)
         result.token_ids, result.token_weights = ids, weights
         result.components["vocab"] = vocab_scores(
@@ -484,31 +551,69 @@ def score_value_vectors(
         )
         ranked.append(result.components["vocab"])
     if "attribution" in names:
-        common = dict(layers=layers, prompt_template=prompt_template, batch_size=batch_size, max_length=max_length)
-        data = dict(questions=questions, answers=answers_list, text=None if questions and answers_list else texts)
-        concept_attr = attribution_scores(model, tokenizer, **data, **common)
-        result.components["attribution_concept"] = concept_attr
-        has_background = (background_questions and background_answers) or background_texts
-        if contrastive and has_background:
-            background_data = dict(
-                questions=background_questions,
-                answers=None if background_answers is None else list(background_answers),
-                text=None if background_questions and background_answers else background_texts,
+        result.components.update(
+            _attribution_components(
+                model, tokenizer, questions, answers_list, texts, background_questions, background_answers_list,
+                background_texts, layers=layers, prompt_template=prompt_template, chat=chat,
+                attribution_data=attribution_data, contrastive=contrastive, contrast_constant=contrast_constant,
+                batch_size=batch_size, max_length=max_length,
             )
-            background_attr = attribution_scores(model, tokenizer, **background_data, **common)
-            result.components["attribution_background"] = background_attr
-            result.components["attribution"] = contrastive_scores(concept_attr, background_attr, contrast_constant)
-        else:
-            if contrastive:
-                warnings.warn(
-                    "no background questions/answers or text: using the plain (non-contrastive) attribution, whose "
-                    "top vectors are often generic high-magnitude neurons; pass background data to avoid them",
-                    stacklevel=2,
-                )
-            result.components["attribution"] = concept_attr
+        )
         ranked.append(result.components["attribution"])
     result.ranking = ranked[0] if len(ranked) == 1 else _rank_fusion(ranked)
     return result
+
+
+def _attribution_components(
+    model, tokenizer, questions, answers, texts, background_questions, background_answers, background_texts, *,
+    layers, prompt_template, chat, attribution_data, contrastive, contrast_constant, batch_size, max_length,
+) -> dict[str, dict[int, torch.Tensor]]:
+    """Concept, background and contrastive attributions per data kind, fused into ``"attribution"``."""
+    has_qa = bool(questions and answers)
+    if attribution_data not in ("auto", "qa", "text", "both"):
+        raise ValueError(f"attribution_data={attribution_data!r}: choose 'auto', 'qa', 'text' or 'both'")
+    kinds = {"auto": [k for k, ok in (("qa", has_qa), ("text", bool(texts))) if ok], "qa": ["qa"], "text": ["text"],
+             "both": ["qa", "text"]}[attribution_data]
+    if not kinds or ("qa" in kinds and not has_qa) or ("text" in kinds and not texts):
+        raise ValueError(
+            f"attribution_data={attribution_data!r} needs {' and '.join(kinds) or 'questions with answers or a text'}"
+            f" for the concept: got {len(questions)} questions, {len(answers or [])} answers, {len(texts)} texts"
+        )
+    common = dict(
+        layers=layers, prompt_template=prompt_template, chat=chat, batch_size=batch_size, max_length=max_length
+    )
+    data = {"qa": dict(questions=questions, answers=answers), "text": dict(text=texts)}
+    background_data = {
+        "qa": dict(questions=background_questions, answers=background_answers)
+        if background_questions and background_answers else None,
+        "text": dict(text=background_texts) if background_texts else None,
+    }
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    fused = []
+    for kind in kinds:
+        suffix = f"_{kind}" if len(kinds) > 1 else ""
+        concept_attr = attribution_scores(model, tokenizer, **data[kind], **common)
+        out[f"attribution{suffix}_concept"] = concept_attr
+        score = concept_attr
+        if contrastive:
+            # A QA concept is contrasted with background QA, a text with background text: same format, so the
+            # generic "answer formatting" or "fluent text" neurons cancel.
+            background = background_data[kind] or background_data["text" if kind == "qa" else "qa"]
+            if background is None:
+                warnings.warn(
+                    "no background questions/answers or text: using the plain (non-contrastive) attribution, whose "
+                    "top vectors are often generic high-magnitude neurons; pass background data to avoid them",
+                    stacklevel=3,
+                )
+            else:
+                background_attr = attribution_scores(model, tokenizer, **background, **common, reduction="abs_sum")
+                out[f"attribution{suffix}_background"] = background_attr
+                score = contrastive_scores(concept_attr, background_attr, contrast_constant)
+        out[f"attribution{suffix}"] = score
+        fused.append(score)
+    if len(fused) > 1:
+        out["attribution"] = _rank_fusion(fused)
+    return out
 
 
 def locate_concept_vectors(
@@ -525,20 +630,43 @@ def locate_concept_vectors(
     scorer: str | Sequence[str] = "attribution",
     layers: Sequence[int] | None = None,
     top_n: int = 20,
-    **options,
+    prompt_template: str = DEFAULT_PROMPT,
+    chat: bool = False,
+    attribution_data: str = "auto",
+    contrastive: bool = True,
+    contrast_constant: float | None = None,
+    num_tokens: int = 50,
+    vocab_method: str = "moments",
+    apply_final_norm: bool = False,
+    batch_size: int | None = None,
+    max_length: int | None = 512,
 ) -> list[ConceptVector]:
     """The ``top_n`` value vectors most specific to ``concept``, as :class:`ConceptVector` records, best first.
 
-    ``scorer``: ``"attribution"`` (contrastive activation × gradient of the answers' log-likelihood; needs
-    questions + answers or a text, and background data for the contrast), ``"vocab"`` (vocabulary projection onto
-    the concept's characteristic tokens; needs only text) or ``("vocab", "attribution")`` (reciprocal rank fusion of
-    both). Each record carries the concept's data and ``scores`` with every component, the fused ``"score"`` and the
-    ``"rank"``. ``options`` go to :func:`score_value_vectors` (``prompt_template``, ``contrast_constant``,
-    ``num_tokens``, ``batch_size``, ...). A concept is usually spread over many vectors: ablate the set.
+    Args:
+        questions, answers: the concept's questions and short gold answers, teacher forced after
+            ``prompt_template.format(q=question)`` (``chat=True``: that prompt as the user turn and the answer as the
+            assistant turn of the tokenizer's chat template).
+        text: a paragraph (or several) about the concept: vocab scorer input, and LM-likelihood attribution data.
+        background_questions, background_answers, background_text: unrelated general knowledge in the same formats;
+            the contrast that keeps generic vectors out (and the vocab scorer's background).
+        scorer: ``"attribution"`` (contrastive activation × gradient, see :func:`attribution_scores`),
+            ``"vocab"`` (vocabulary projection onto the concept's characteristic tokens, see :func:`vocab_scores`;
+            weights only) or ``("vocab", "attribution")`` (reciprocal rank fusion of both).
+        layers: the layers to search (default all).
+        top_n: size of the returned set; a concept is spread over many vectors in a small model, ablate the set.
+        attribution_data: ``"qa"``, ``"text"``, ``"both"`` or ``"auto"``, see :func:`score_value_vectors`.
+        contrastive, contrast_constant: see :func:`contrastive_scores`.
+        num_tokens: how many characteristic tokens the vocab scorer uses.
+        vocab_method, apply_final_norm: see :func:`vocab_scores`.
+        batch_size, max_length: attribution batching (``None``: one forward and one backward) and truncation.
+
+    Each record carries the concept's data and ``scores`` with every component score at its location, the ranking
+    ``"score"`` and the ``"rank"``. Use :func:`score_value_vectors` to keep all the scores and pick other sets.
 
     Example:
-        >>> found = locate_concept_vectors(model, tok, "Paris", questions=qs, answers=ans, background_questions=bq,
-        ...                                background_answers=ba, top_n=40)
+        >>> found = locate_concept_vectors(model, tok, "Paris", questions=qs, answers=ans, text=paragraph,
+        ...                                background_questions=bq, background_answers=ba, top_n=40)
         >>> with ablate_concept_vector(model, found, mode="zero"): evaluate(model)
     """
     result = score_value_vectors(
@@ -553,6 +681,15 @@ def locate_concept_vectors(
         background_text=background_text,
         scorer=scorer,
         layers=layers,
-        **options,
+        prompt_template=prompt_template,
+        chat=chat,
+        attribution_data=attribution_data,
+        contrastive=contrastive,
+        contrast_constant=contrast_constant,
+        num_tokens=num_tokens,
+        vocab_method=vocab_method,
+        apply_final_norm=apply_final_norm,
+        batch_size=batch_size,
+        max_length=max_length,
     )
     return result.to_records(top_n)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..atomic_files import atomic_write_text
 
 
 @dataclass
@@ -119,14 +120,4 @@ def load_concept_vectors(path_or_hub_id: str | os.PathLike, split: str = "train"
 
 def save_concept_vectors(vectors: list[ConceptVector], path: str | os.PathLike) -> None:
     """Write ``vectors`` in the released JSON schema, atomically (a crash never leaves a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump([v.to_json() for v in vectors], f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps([v.to_json() for v in vectors], ensure_ascii=False, indent=1))
