@@ -4,7 +4,8 @@
    (examples/concept_data.py), retaining a general-knowledge text.
 2. Locate the concept's vectors in the original model and audit them in each unlearned model.
 3. Run activation patching (MLP coefficients, attention outputs, both) and parameter restoration (value vectors)
-   with the original model's greedy answers as probes, plus side effects on unrelated questions.
+   with the original model's greedy answers as probes, plus side effects on unrelated questions and on another
+   concept's paragraph (held out: neither forgotten nor retained).
 4. Save ``examples/results/dissect_unlearning.{json,png}``.
 
     bash scripts/setup.sh dev,demo && .venv/bin/python examples/dissect_unlearning.py [--steps 30]
@@ -83,6 +84,9 @@ def main() -> None:
     qa = concept["qa"]
     questions = [q for q, _ in qa]
     forget, retain = sentences(concept["text"]), sentences(BACKGROUND_TEXT)
+    # Side effects are measured on a text neither trained on nor forgotten: another concept's paragraph.
+    held_out_concept = next(name for name in CONCEPTS if name != args.concept)
+    held_out = CONCEPTS[held_out_concept]["text"]
 
     vectors = locate_concept_vectors(
         original,
@@ -109,6 +113,7 @@ def main() -> None:
         "learning_rate": args.learning_rate,
         "window": args.window,
         "original": before,
+        "held_out_text_of": held_out_concept,
         "probes": [p.__dict__ for p in probes],
         "concept_vectors": [v.location for v in vectors],
         "methods": {},
@@ -148,7 +153,7 @@ def main() -> None:
             unlearned,
             tokenizer,
             [q for q, _ in UNRELATED],
-            BACKGROUND_TEXT,
+            held_out,
             max_new_tokens=16,
             prompt_template=TEMPLATE,
         )
