@@ -7,6 +7,15 @@ Example:
 
 from . import losses
 from .architectures import ArchitectureAdapter, get_adapter, register_architecture
+from .concepts import (
+    ConceptVector,
+    ablate_concept_vector,
+    audit_concept_vectors,
+    load_concept_vectors,
+    locate_concept_vectors,
+    validate_concept_vector,
+)
+from .dissect import activation_patching, knowledge_recovery_score, parameter_restoration
 from .trainers import (
     GradAscentConfig,
     GradAscentTrainer,
@@ -36,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureAdapter",
+    "ConceptVector",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",
@@ -43,9 +53,9 @@ __all__ = [
     "IdkDPOConfig",
     "IdkDPOTrainer",
     "NPOConfig",
+    "NPOTrainer",
     "NeedleConfig",
     "NeedleTrainer",
-    "NPOTrainer",
     "RMUConfig",
     "RMUTrainer",
     "SatImpConfig",
@@ -58,7 +68,15 @@ __all__ = [
     "UnlearningTrainer",
     "WGAConfig",
     "WGATrainer",
+    "ablate_concept_vector",
+    "activation_patching",
+    "audit_concept_vectors",
     "get_adapter",
+    "knowledge_recovery_score",
+    "load_concept_vectors",
+    "locate_concept_vectors",
     "losses",
+    "parameter_restoration",
     "register_architecture",
+    "validate_concept_vector",
 ]

@@ -16,6 +16,14 @@ Concepts are spread over many vectors in small models, so the API returns a rank
 :func:`locate_concept_vectors` go straight into :func:`~hf_unlearn.concepts.ablate_concept_vector`, and
 :func:`score_value_vectors` gives the full score tensors to choose other sets.
 
+Measured on SmolLM2-135M-Instruct (``examples/locate_concept.py``; 5 concepts, located with half of their questions,
+measured on the other half): zeroing the top 40-80 vectors of the contrastive attribution on questions + the
+concept's paragraph lowered the held-out answers' log-prob by 0.7-1.8 nats/token, 17-184x more than that of unrelated
+questions, for all five concepts; questions alone reached 5x for four. The vocab scorer finds vectors that do write
+the concept's tokens, but in this small model zeroing them moved the concept's answers by at most ~0.3 nats/token and
+no more than unrelated ones: it is a static, weights-only view, for larger models (where ConceptVectors found its
+concept vectors) and as one input of the fused ranking.
+
 Example:
     >>> found = locate_concept_vectors(model, tok, "Harry Potter", questions=qs, answers=ans,
     ...                                background_questions=bg_qs, background_answers=bg_ans, top_n=40)
@@ -303,7 +311,8 @@ def attribution_scores(
     device = next(model.parameters()).device
     per_example: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     step = batch_size or len(features)
-    was_training = model.training
+    # Per-module flags, not just model.training: a caller may keep some submodules in another mode on purpose.
+    saved_modes = [(module, module.training) for module in model.modules()]
     handles = []
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -325,9 +334,11 @@ def attribution_scores(
         for layer, module in modules.items():
             handles.append(module.register_forward_pre_hook(make_hook(layer)))
         for start in range(0, len(features), step):
-            batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
             captured.clear()
-            with torch.enable_grad():
+            # Also inside a caller's no_grad / inference_mode block: the scores need a backward pass (and tensors
+            # made under inference mode, the batch included, could not be saved for it).
+            with torch.inference_mode(False), torch.enable_grad():
+                batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 sums, counts = sequence_log_probs(logits, batch["labels"])
                 # Per-example mean over answer tokens, summed over the batch: total / len(features) is the mean.
@@ -349,7 +360,8 @@ def attribution_scores(
         for handle in handles:
             handle.remove()
         captured.clear()
-        model.train(was_training)
+        for module, mode in saved_modes:
+            module.training = mode
     out = {layer: torch.cat(parts) for layer, parts in per_example.items()}
     if reduction == "sum":
         return {layer: values.sum(0).float() for layer, values in out.items()}
