@@ -87,9 +87,11 @@ def scan_value_vectors(
         view = value_vectors_view(model, layer).detach()
         for start in range(0, view.shape[1], chunk_size):
             block = _gained(model, view[:, start : start + chunk_size].float(), apply_final_norm)
-            logits = embedding @ block.to(embedding.device)  # (vocab, chunk)
-            scores, ids = logits.topk(min(top_k, logits.shape[0]), dim=0)
-            extra = score_fn(logits) if score_fn is not None else None
+            # (chunk, vocab) with the vocabulary contiguous: top-k along contiguous rows is ~3x faster than down
+            # the columns of (vocab, chunk), which made the scan slower than its matmul.
+            logits = block.to(embedding.device).T @ embedding.T
+            scores, ids = logits.topk(min(top_k, logits.shape[1]), dim=-1)
+            extra = score_fn(logits.T) if score_fn is not None else None
             dims = torch.arange(start, start + block.shape[1])
-            yield VocabChunk(layer, dims, ids.T.contiguous(), scores.T.contiguous(), extra)
+            yield VocabChunk(layer, dims, ids, scores, extra)
             del logits
