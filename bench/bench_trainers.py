@@ -84,6 +84,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import hf_unlearn  # noqa: E402
+from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 README_START = "<!-- trainers-table:start -->"
@@ -703,18 +704,6 @@ def targets_markdown(target_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 README_INTRO = """# Benchmarks
 
 ## Trainers
@@ -756,7 +745,7 @@ def update_readme(path: Path, table: str, targets_md: str, config_line: str) -> 
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_atomic(path, text)
+    atomic_write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -934,7 +923,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "targets": target_results,
     }
-    write_atomic(opts.output, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(opts.output, json.dumps(report, indent=2) + "\n")
 
     table = markdown_table(results)
     targets_md = targets_markdown(target_results)

@@ -31,7 +31,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # concept_data.py and 
 from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
+from hf_unlearn.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 from hf_unlearn.concepts import ablate_concept_vector  # noqa: E402
 from hf_unlearn.concepts.locate import score_value_vectors  # noqa: E402
 from hf_unlearn.data import UnlearningCollator, tokenize_pair  # noqa: E402
@@ -109,20 +109,6 @@ def choose_size(rows: list[dict]) -> dict:
     return max(good, key=lambda r: r["n"]) if good else max(rows, key=lambda r: r["in_sample_ratio"])
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def plot(summary: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -149,16 +135,10 @@ def plot(summary: list[dict], path: Path) -> None:
     ax.set_title("SmolLM2-135M-Instruct: zeroing the located set (size chosen in-sample)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def newline_ids(tokenizer) -> list[int]:
@@ -303,8 +283,7 @@ def main() -> None:
         "torch_threads": args.threads,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS / "locate_concept.json",
-                 json.dumps(payload, indent=1, default=str).encode())
+    atomic_write_text(RESULTS / "locate_concept.json", json.dumps(payload, indent=1, default=str))
     plot(summary, RESULTS / "locate_concept.png")
     print(f"wrote {RESULTS / 'locate_concept.json'} and {RESULTS / 'locate_concept.png'}")
 

@@ -12,7 +12,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -127,3 +134,14 @@ def trained_tiny(tokenizer, kind: str = "llama", steps: int = 80):
     model = build(tokenizer)
     model.load_state_dict(_TRAINED[kind])
     return model
+
+
+class StopAt(TrainerCallback):
+    """Stop training after ``step`` optimizer steps (keeping the schedule of the full run), like a killed job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, tiny_gpt2, tiny_llama, trained_tiny
+from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, tiny_gpt2, tiny_llama, trained_tiny
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, HfArgumentParser, TrainerCallback
+from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from hf_unlearn.architectures import get_adapter, mlp_out_module, value_vectors_view
 from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
@@ -200,15 +200,6 @@ def test_gradient_checkpointing_gives_the_same_vectors_and_leaves_no_hook(tokeni
     own = {id(handle.hooks_dict_ref()[handle.id]) for handle in checkpointed._require_grads_hooks}
     left = [h for m in checkpointed.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
     assert len(left) == len(own) == 1 and {id(hook) for hook in left} == own
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def test_resume_ends_at_the_same_weights(tokenizer, tmp_path):

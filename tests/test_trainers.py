@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, tiny_llama, trained_tiny
+from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, tiny_llama, trained_tiny
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, TrainingArguments
 
 import hf_unlearn as hu
 from hf_unlearn.data import UnlearningCollator, prepare_dataset
@@ -181,15 +181,6 @@ def test_gradient_accumulation_matches_full_batch(name, tokenizer, tmp_path):
     assert moved > 1e-4
     for key in full:
         torch.testing.assert_close(accumulated[key], full[key], atol=2e-6, rtol=1e-5, msg=key)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 @pytest.mark.parametrize("name", ["npo", "rmu"])
