@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-DEFAULT_TEMPLATE = "Question: {q}\n Answer:"
+from ..concepts.behaviour import DEFAULT_PROMPT_TEMPLATE as DEFAULT_TEMPLATE
+from ..concepts.behaviour import answer_questions
 
 
 @dataclass
@@ -50,8 +51,6 @@ def make_probes(
         >>> table = activation_patching(original, unlearned, tokenizer, probes)
     """
     if answers is None:
-        from ..concepts.behaviour import answer_questions
-
         prompts = [prompt_template.format(q=q) for q in questions]
         answers = answer_questions(original, tokenizer, prompts, max_new_tokens=max_new_tokens, prompt_template="{q}")
     if len(answers) != len(questions):
