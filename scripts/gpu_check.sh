@@ -22,6 +22,6 @@ for cls, cfg, kw in [(hu.NPOTrainer, hu.NPOConfig, {}), (hu.RMUTrainer, hu.RMUCo
     data = [{"prompt": "who ?", "chosen": " i don't know", "rejected": " harry potter"}] * 4 if cls is hu.IdkDPOTrainer else FORGET_TEXTS
     t = cls(model, args, train_dataset=data, retain_dataset=RETAIN_TEXTS, processing_class=tok)
     t.train()
-    print(cls.__name__, "bf16", args.bf16, "device", next(t.model.parameters()).device, t.state.log_history[-2])
+    print(cls.__name__, "bf16", args.bf16, "device", next(t.model.parameters()).device, t.state.log_history[-1])
 PY
-python3 -m pytest -q -x -p no:cacheprovider tests/test_trainers.py tests/test_losses.py 2>&1 | tee $OUT/pytest.log | tail -25
+[ "${GPU_CHECK_PYTEST:-1}" = 1 ] && python3 -m pytest -q -x -p no:cacheprovider tests/test_trainers.py tests/test_losses.py 2>&1 | tee $OUT/pytest.log | tail -25
