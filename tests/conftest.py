@@ -145,3 +145,18 @@ class StopAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
             control.should_training_stop = True
+
+
+def run_config(config_class, tmp_path, **overrides):
+    """A quick, quiet, CPU, no-save training config for the tests (``overrides`` win)."""
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return config_class(**{**defaults, **overrides})

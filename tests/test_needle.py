@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, tiny_gpt2, tiny_llama, trained_tiny
+from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_gpt2, tiny_llama, trained_tiny
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, HfArgumentParser
@@ -29,20 +29,8 @@ def one_thread():
 
 
 def config(tmp_path, **kwargs) -> NeedleConfig:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        optim="adamw_torch",
-        weight_decay=0.1,
-    )
-    return NeedleConfig(**{**defaults, **kwargs})
+    defaults = {"max_steps": 3, "optim": "adamw_torch", "weight_decay": 0.1}
+    return run_config(NeedleConfig, tmp_path, **{**defaults, **kwargs})
 
 
 def forget_batch(tokenizer) -> dict[str, torch.Tensor]:

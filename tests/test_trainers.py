@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, tiny_llama, trained_tiny
+from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_llama, trained_tiny
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, TrainingArguments
 
@@ -40,19 +40,7 @@ METHODS = {
 
 
 def config(cls, tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=4,
-        learning_rate=5e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    return cls(**{**defaults, **kwargs})
+    return run_config(cls, tmp_path, **{"max_steps": 4, "learning_rate": 5e-3, **kwargs})
 
 
 def forget_data(name):
