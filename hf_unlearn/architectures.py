@@ -12,10 +12,12 @@ Add a family with :func:`register_architecture`::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,19 @@ class ArchitectureAdapter:
             ``nn.Linear``'s ``(out, in)``; value vector ``j`` is then row ``j`` rather than column ``j``.
         norm_weight_offset: added to the final norm's weight to get its gain (Gemma's RMSNorm scales by
             ``1 + weight``).
+
+    The remaining fields describe how to run the decoder one layer at a time (early exit); a family without
+    ``embed_tokens`` does not support it. Paths are from the causal-LM model unless they say "inside a layer".
+
+    Attributes:
+        embed_tokens: the token embedding.
+        embed_positions: learned absolute position embedding added to the token embedding (GPT-2).
+        embed_dropout: dropout applied to the embeddings.
+        rotary_emb: the rotary embedding module that turns position ids into ``(cos, sin)``.
+        input_norm: inside a layer, the norm applied before attention (its output feeds the key/value projections).
+        k_proj, v_proj: inside a layer, the separate key and value projections.
+        qkv_proj: inside a layer, a fused ``[query | key | value]`` projection (instead of ``k_proj``/``v_proj``).
+        k_norm: inside a layer, a per-head norm applied to the keys before the rotary embedding (Qwen3).
     """
 
     layers: str
@@ -40,20 +55,40 @@ class ArchitectureAdapter:
     final_norm: str
     transposed: bool = False
     norm_weight_offset: float = 0.0
+    embed_tokens: str | None = None
+    embed_positions: str | None = None
+    embed_dropout: str | None = None
+    rotary_emb: str | None = None
+    input_norm: str | None = None
+    k_proj: str | None = None
+    v_proj: str | None = None
+    qkv_proj: str | None = None
+    k_norm: str | None = None
 
 
 _LLAMA_LIKE = ArchitectureAdapter(
     layers="model.layers", mlp_out="mlp.down_proj", attn_out="self_attn.o_proj", final_norm="model.norm"
 )
-
-_GEMMA = ArchitectureAdapter(
-    layers="model.layers", mlp_out="mlp.down_proj", attn_out="self_attn.o_proj", final_norm="model.norm",
-    norm_weight_offset=1.0,
+# Families whose decoder the early-exit model can walk layer by layer: separate rotary key/value projections.
+_LLAMA_WALK = dict(
+    embed_tokens="model.embed_tokens",
+    rotary_emb="model.rotary_emb",
+    input_norm="input_layernorm",
+    k_proj="self_attn.k_proj",
+    v_proj="self_attn.v_proj",
 )
+_LLAMA_WALKABLE = replace(_LLAMA_LIKE, **_LLAMA_WALK)
+_GEMMA = replace(_LLAMA_LIKE, norm_weight_offset=1.0)
 
 ARCHITECTURES: dict[str, ArchitectureAdapter] = {
-    **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "smollm3")},
-    "gemma": _GEMMA,
+    **{name: _LLAMA_WALKABLE for name in ("llama", "mistral", "qwen2", "olmo")},
+    # OLMo-2 normalises after attention and SmolLM3 skips the rotary embedding on some layers: no layer walk yet.
+    **{name: _LLAMA_LIKE for name in ("olmo2", "smollm3")},
+    "qwen3": replace(_LLAMA_WALKABLE, k_norm="self_attn.k_norm"),
+    "phi3": replace(_LLAMA_LIKE, **{**_LLAMA_WALK, "k_proj": None, "v_proj": None, "qkv_proj": "self_attn.qkv_proj"}),
+    # Gemma scales its embeddings inside `embed_tokens`, so the walk is the Llama one.
+    "gemma": replace(_GEMMA, **_LLAMA_WALK),
+    # Gemma-2 soft-caps its final logits: no layer walk yet.
     "gemma2": _GEMMA,
     "gpt2": ArchitectureAdapter(
         layers="transformer.h",
@@ -61,6 +96,11 @@ ARCHITECTURES: dict[str, ArchitectureAdapter] = {
         attn_out="attn.c_proj",
         final_norm="transformer.ln_f",
         transposed=True,
+        embed_tokens="transformer.wte",
+        embed_positions="transformer.wpe",
+        embed_dropout="transformer.drop",
+        input_norm="ln_1",
+        qkv_proj="attn.c_attn",
     ),
     "gpt_neox": ArchitectureAdapter(
         layers="gpt_neox.layers",
@@ -78,6 +118,23 @@ def register_architecture(model_type: str, adapter: ArchitectureAdapter, exist_o
     ARCHITECTURES[model_type] = adapter
 
 
+def early_exit_layout(model_or_config: nn.Module | PretrainedConfig) -> dict[str, Any]:
+    """The adapter of a model (or config) as a plain dict, for an early-exit config to carry (so that a saved
+    checkpoint walks its layers without this table); a clear error for a family that cannot be walked layer by
+    layer."""
+    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else unwrap_model(model_or_config).config
+    model_type = config.model_type
+    adapter = _adapter_for(model_type)
+    if adapter.embed_tokens is None or (adapter.qkv_proj is None and adapter.k_proj is None):
+        walkable = sorted(name for name, a in ARCHITECTURES.items() if a.embed_tokens is not None)
+        raise ValueError(
+            f"early exit does not support model_type={model_type!r} yet: its adapter does not say how to run the "
+            f"decoder layer by layer. Supported: {', '.join(walkable)}. Register an adapter with embed_tokens, "
+            "rotary_emb, input_norm and k_proj/v_proj (or qkv_proj) through hf_unlearn.register_architecture."
+        )
+    return asdict(adapter)
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The underlying ``PreTrainedModel``: strips DDP/FSDP ``.module`` and PEFT wrappers."""
     while True:
@@ -91,7 +148,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def get_adapter(model: nn.Module) -> ArchitectureAdapter:
     """The adapter for ``model``; a clear error naming the supported families otherwise."""
-    model_type = getattr(getattr(unwrap_model(model), "config", None), "model_type", None)
+    return _adapter_for(getattr(getattr(unwrap_model(model), "config", None), "model_type", None))
+
+
+def _adapter_for(model_type: str | None) -> ArchitectureAdapter:
     if model_type not in ARCHITECTURES:
         raise ValueError(
             f"hf_unlearn has no architecture adapter for model_type={model_type!r}. Supported: "

@@ -116,12 +116,13 @@ def shared_dir():
 _TRAINED: dict = {}
 
 
-def trained_tiny(tokenizer, kind: str = "llama", steps: int = 80):
+def trained_tiny(tokenizer, kind: str = "llama", steps: int = 80, layers: int = 2):
     """A tiny model that has learned FORGET_TEXTS and RETAIN_TEXTS (cached per session), so unlearning has
     something to remove: a random model already sits at the maximum-entropy NLL that ascent cannot raise much."""
     build = tiny_llama if kind == "llama" else tiny_gpt2
-    if kind not in _TRAINED:
-        model = build(tokenizer)
+    key = (kind, layers, steps)
+    if key not in _TRAINED:
+        model = build(tokenizer, layers=layers)
         batch = tokenizer(FORGET_TEXTS + RETAIN_TEXTS, padding=True, return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -130,9 +131,9 @@ def trained_tiny(tokenizer, kind: str = "llama", steps: int = 80):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        _TRAINED[kind] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model = build(tokenizer)
-    model.load_state_dict(_TRAINED[kind])
+        _TRAINED[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model = build(tokenizer, layers=layers)
+    model.load_state_dict(_TRAINED[key])
     return model
 
 

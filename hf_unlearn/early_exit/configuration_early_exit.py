@@ -1,0 +1,210 @@
+"""Configuration of the early-exit causal LM.
+
+This file travels with saved checkpoints as remote code: it imports nothing from hf_unlearn at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+EXIT_STRATEGIES = ("policy", "confidence", "entropy", "patience", "fixed", "none")
+EXIT_HEAD_KINDS = ("shared", "adapter")
+KV_FILLS = ("state", "compute")
+
+
+class EarlyExitConfig(PretrainedConfig):
+    r"""
+    Configuration of an [`EarlyExitForCausalLM`]: a causal LM (the backbone, whose config this one holds) with
+    internal exits, optional per-exit adapters and a policy head.
+
+    Exit layers count decoder layers: exiting "at layer k" means that the first k decoder layers ran. The last layer
+    (the backbone's own output) is always an exit.
+
+    Parameters:
+        backbone_config (`PretrainedConfig` or `dict`):
+            Config of the wrapped causal LM.
+        exit_layers (`list[int]`, *optional*):
+            Layers at which a token may exit (1-based counts, below the number of layers). Defaults to every
+            `exit_interval`-th layer from `min_exit_layer` on.
+        min_exit_layer (`int`, *optional*):
+            Shallowest exit when `exit_layers` is not given; defaults to a quarter of the depth (at least 1).
+        exit_interval (`int`, *optional*, defaults to `1`):
+            Spacing of the default exits.
+        exit_head (`str`, *optional*, defaults to `"shared"`):
+            `"shared"`: each exit uses the backbone's final norm and LM head. `"adapter"`: a small residual adapter
+            per exit (zero-initialised, so it starts as `"shared"`) in front of the shared head.
+        adapter_rank (`int`, *optional*, defaults to `32`):
+            Bottleneck width of the `"adapter"` exit heads.
+        policy_hidden_size (`int`, *optional*, defaults to `32`):
+            Hidden width of the policy head, one MLP shared by all exits plus a learned per-exit embedding; its input
+            is the final-normed hidden state. Its cost is about `hidden_size * policy_hidden_size` multiply-adds per
+            token and exit, far below the vocabulary projection.
+        policy_trained (`bool`, *optional*, defaults to `False`):
+            Whether the policy head has been trained (set by the ConsistentEE trainer); the `"policy"` strategy warns
+            while it is `False`.
+        exit_strategy (`str`, *optional*, defaults to `"none"`):
+            Inference rule: `"policy"` (the policy's exit probability passes `policy_threshold`), `"confidence"`
+            (top-1 probability passes `confidence_threshold`), `"entropy"` (entropy in nats below
+            `entropy_threshold`), `"patience"` (the same top-1 token at `patience` consecutive exits), `"fixed"`
+            (always at `fixed_exit_layer`) or `"none"` (the full model, exactly).
+        policy_threshold (`float`, *optional*, defaults to `0.5`):
+            Exit probability above which the `"policy"` strategy exits, in (0, 1).
+        confidence_threshold (`float`, *optional*, defaults to `0.9`):
+            Top-1 probability above which the `"confidence"` strategy exits, in (0, 1).
+        entropy_threshold (`float`, *optional*, defaults to `0.5`):
+            Entropy (nats) below which the `"entropy"` strategy exits, > 0.
+        patience (`int`, *optional*, defaults to `2`):
+            Consecutive exits that must agree on the top-1 token for the `"patience"` strategy, >= 1.
+        fixed_exit_layer (`int`, *optional*):
+            Exit layer of the `"fixed"` strategy; one of `exit_layers`.
+        shortlist_size (`int`, *optional*, defaults to `0`):
+            Size of the token shortlist used to screen exits cheaply for the `"confidence"`, `"entropy"` and
+            `"patience"` strategies (0: none). The shortlist only screens: a token exits only where the full head
+            confirms, so a shortlist can delay an exit but never cause one the full head would refuse. Fill it with
+            [`EarlyExitForCausalLM.set_exit_shortlist`].
+        kv_fill (`str`, *optional*, defaults to `"state"`):
+            Key/value entries of the layers a token skips: `"state"` projects the exit hidden state through each
+            skipped layer's own input norm and key/value projections (the same rule in training); `"compute"` runs
+            the skipped layers for that token (exact cache, nothing saved for that token; a quality reference).
+        backbone_layout (`dict`, *optional*):
+            How to walk the backbone layer by layer (module paths), copied from hf_unlearn's architecture adapters
+            when the model is built, so that a saved checkpoint needs no adapter table to load.
+    """
+
+    model_type = "early_exit_causal_lm"
+
+    def __init__(
+        self,
+        backbone_config: PretrainedConfig | dict | None = None,
+        exit_layers: list[int] | None = None,
+        min_exit_layer: int | None = None,
+        exit_interval: int = 1,
+        exit_head: str = "shared",
+        adapter_rank: int = 32,
+        policy_hidden_size: int = 32,
+        policy_trained: bool = False,
+        exit_strategy: str = "none",
+        policy_threshold: float = 0.5,
+        confidence_threshold: float = 0.9,
+        entropy_threshold: float = 0.5,
+        patience: int = 2,
+        fixed_exit_layer: int | None = None,
+        shortlist_size: int = 0,
+        kv_fill: str = "state",
+        backbone_layout: dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        if isinstance(backbone_config, dict):
+            backbone_config = AutoConfig.for_model(**backbone_config)
+        self.backbone_config = backbone_config
+        self.exit_layers = exit_layers
+        self.min_exit_layer = min_exit_layer
+        self.exit_interval = exit_interval
+        self.exit_head = exit_head
+        self.adapter_rank = adapter_rank
+        self.policy_hidden_size = policy_hidden_size
+        self.policy_trained = policy_trained
+        self.exit_strategy = exit_strategy
+        self.policy_threshold = policy_threshold
+        self.confidence_threshold = confidence_threshold
+        self.entropy_threshold = entropy_threshold
+        self.patience = patience
+        self.fixed_exit_layer = fixed_exit_layer
+        self.shortlist_size = shortlist_size
+        self.kv_fill = kv_fill
+        self.backbone_layout = backbone_layout
+        if backbone_config is not None:
+            for name in ("vocab_size", "hidden_size", "pad_token_id", "bos_token_id", "eos_token_id"):
+                kwargs.setdefault(name, getattr(backbone_config, name, None))
+            kwargs.setdefault("tie_word_embeddings", getattr(backbone_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+        if backbone_config is not None:
+            self._resolve_and_check()
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.backbone_config.num_hidden_layers
+
+    def get_text_config(self, decoder=None, encoder=None) -> PretrainedConfig:
+        # Caches, generation and attention masks read the backbone's layer count, heads and windows.
+        return self.backbone_config
+
+    def _resolve_and_check(self) -> None:
+        if self.backbone_layout is None:
+            try:  # hf_unlearn's adapter table; a checkpoint loaded as remote code carries its layout instead
+                from hf_unlearn.architectures import early_exit_layout
+            except ImportError:
+                early_exit_layout = None
+            if early_exit_layout is not None:
+                self.backbone_layout = early_exit_layout(self.backbone_config)
+        depth = self.num_hidden_layers
+        if self.exit_layers is None:
+            if self.exit_interval < 1:
+                raise ValueError(f"exit_interval must be >= 1 (got {self.exit_interval})")
+            start = self.min_exit_layer if self.min_exit_layer is not None else max(1, depth // 4)
+            if not 1 <= start <= depth:
+                raise ValueError(
+                    f"min_exit_layer must be in [1, {depth}] for this {depth}-layer backbone (got {start})"
+                )
+            self.exit_layers = list(range(start, depth, self.exit_interval))
+        layers = sorted({int(k) for k in self.exit_layers})
+        bad = [k for k in layers if not 1 <= k <= depth]
+        if bad:
+            raise ValueError(
+                f"exit_layers {bad} are out of range: the backbone has {depth} decoder layers, so exits are "
+                f"1..{depth} (exit k = after the first k layers; {depth} is the full model and always an exit)"
+            )
+        self.exit_layers = [k for k in layers if k < depth]
+        if self.exit_head not in EXIT_HEAD_KINDS:
+            raise ValueError(f"exit_head={self.exit_head!r} is unknown; choose one of {list(EXIT_HEAD_KINDS)}")
+        if self.kv_fill not in KV_FILLS:
+            raise ValueError(f"kv_fill={self.kv_fill!r} is unknown; choose one of {list(KV_FILLS)}")
+        if self.adapter_rank < 1 or self.policy_hidden_size < 1 or self.shortlist_size < 0:
+            raise ValueError("adapter_rank and policy_hidden_size must be >= 1 and shortlist_size >= 0")
+        check_exit_settings(self, **exit_settings(self))
+
+    @property
+    def all_exits(self) -> list[int]:
+        """The exit layers including the last one (the full model)."""
+        return [*self.exit_layers, self.num_hidden_layers]
+
+
+EXIT_SETTING_NAMES = (
+    "exit_strategy",
+    "policy_threshold",
+    "confidence_threshold",
+    "entropy_threshold",
+    "patience",
+    "fixed_exit_layer",
+)
+
+
+def exit_settings(config: EarlyExitConfig, **overrides) -> dict[str, Any]:
+    """The inference settings of ``config`` with ``overrides`` (those not ``None``) applied."""
+    settings = {name: getattr(config, name) for name in EXIT_SETTING_NAMES}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def check_exit_settings(config: EarlyExitConfig, **settings) -> None:
+    """A clear error for an unknown strategy or a threshold outside its range."""
+    strategy = settings["exit_strategy"]
+    if strategy not in EXIT_STRATEGIES:
+        raise ValueError(f"exit_strategy={strategy!r} is unknown; choose one of {list(EXIT_STRATEGIES)}")
+    for name in ("policy_threshold", "confidence_threshold"):
+        value = settings[name]
+        if not 0.0 < float(value) < 1.0:
+            raise ValueError(f"{name} must be a probability in (0, 1) (got {value})")
+    if not float(settings["entropy_threshold"]) > 0.0:
+        raise ValueError(f"entropy_threshold must be > 0 nats (got {settings['entropy_threshold']})")
+    patience = settings["patience"]
+    if int(patience) != patience or patience < 1:
+        raise ValueError(f"patience must be a whole number >= 1 (got {patience})")
+    fixed = settings["fixed_exit_layer"]
+    if strategy == "fixed" and fixed not in config.all_exits:
+        raise ValueError(
+            f"exit_strategy='fixed' needs fixed_exit_layer set to one of the exit layers {config.all_exits} "
+            f"(got {fixed})"
+        )

@@ -1,0 +1,642 @@
+"""EarlyExitForCausalLM: a causal LM whose tokens can stop at an internal layer.
+
+The model owns the decoder's layer loop (embedding, positions, attention masks, decoder layers, final norm, LM head),
+walking the backbone's own modules by the paths in ``config.backbone_layout``. A token that exits at layer ``k``
+takes its logits from the exit head at ``k``; the key/value entries of the layers it skips are filled from its exit
+hidden state through each skipped layer's own input norm and key/value projections, so later tokens attend to every
+position. In a batch rows exit independently: layers keep running on the rows that have not exited (exited rows are
+carried along unchanged, which writes exactly the fill rule's entries into the cache) and the walk stops once every
+row has exited. The teacher-forced training pass with given per-token exits uses the same rule, so training and
+inference see the same cache.
+
+This file travels with saved checkpoints as remote code: it imports nothing from hf_unlearn at module level.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_early_exit import EarlyExitConfig, check_exit_settings, exit_settings
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EarlyExitCausalLMOutput(CausalLMOutputWithPast):
+    r"""
+    Output of [`EarlyExitForCausalLM`]; `logits` are each position's logits at its exit.
+
+    exit_layers (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+        Decoder layers each position ran (its exit layer); 0 for padding positions that never decided.
+    exit_logits (`tuple[torch.FloatTensor]`, *optional*):
+        Logits of every exit (`config.all_exits` order), with `output_all_exits=True` and no labels.
+    exit_losses (`torch.FloatTensor` of shape `(num_exits, batch_size, sequence_length - 1)`, *optional*):
+        Per-token next-token cross-entropy at every exit (float32, 0 where the label is -100), when labels are given.
+    exit_correct (`torch.BoolTensor` of shape `(num_exits, batch_size, sequence_length - 1)`, *optional*):
+        Whether each exit's top-1 token equals the label, when labels are given.
+    policy_probs (`torch.FloatTensor` of shape `(num_exits - 1, batch_size, sequence_length)`, *optional*):
+        The policy's exit probability at every internal exit, in the all-exits pass.
+    """
+
+    exit_layers: torch.LongTensor | None = None
+    exit_logits: tuple[torch.FloatTensor, ...] | None = None
+    exit_losses: torch.FloatTensor | None = None
+    exit_correct: torch.BoolTensor | None = None
+    policy_probs: torch.FloatTensor | None = None
+
+
+class ExitStatistics:
+    """Running exit statistics of the tokens an early-exit model decided (decode steps and per-position passes).
+
+    Example:
+        >>> model.exit_stats.reset(); model.generate(**inputs, max_new_tokens=20)
+        >>> model.exit_stats.mean_exit_layer, model.exit_stats.layers_saved
+    """
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.reset()
+
+    def reset(self) -> None:
+        self.histogram = torch.zeros(self.num_layers + 1, dtype=torch.long)
+
+    def update(self, exit_layers: torch.Tensor) -> None:
+        decided = exit_layers[exit_layers > 0]
+        if decided.numel():
+            self.histogram += torch.bincount(decided.flatten().cpu(), minlength=self.num_layers + 1)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.histogram.sum())
+
+    @property
+    def mean_exit_layer(self) -> float:
+        """Mean number of decoder layers run per token (NaN before any token)."""
+        if self.tokens == 0:
+            return float("nan")
+        layers = torch.arange(self.num_layers + 1, dtype=torch.float64)
+        return float((self.histogram.double() * layers).sum() / self.tokens)
+
+    @property
+    def layers_saved(self) -> float:
+        """Fraction of decoder-layer computations skipped, ``1 - mean_exit_layer / L``."""
+        return 1.0 - self.mean_exit_layer / self.num_layers
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "mean_exit_layer": self.mean_exit_layer,
+            "layers_saved": self.layers_saved,
+            "histogram": {k: int(n) for k, n in enumerate(self.histogram.tolist()) if n},
+        }
+
+    def __repr__(self) -> str:
+        return f"ExitStatistics(tokens={self.tokens}, mean_exit_layer={self.mean_exit_layer:.2f} of {self.num_layers})"
+
+
+class ExitAdapter(nn.Module):
+    """Residual bottleneck in front of the shared head; zero-initialised output, so it starts as the identity."""
+
+    def __init__(self, hidden_size: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, rank, bias=False)
+        self.up = nn.Linear(rank, hidden_size, bias=False)
+        self.up._zero_init = True
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.up(F.silu(self.down(hidden)))
+
+
+class PolicyHead(nn.Module):
+    """Exit probability of a token at an exit: one small MLP shared by all exits, plus a learned embedding per exit."""
+
+    def __init__(self, hidden_size: int, width: int, num_exits: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, width)
+        self.exit_embedding = nn.Embedding(num_exits, width)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, normed_hidden: torch.Tensor, exit_index: int) -> torch.Tensor:
+        """Exit logit (pre-sigmoid) of each position at exit ``exit_index``."""
+        hidden = F.gelu(self.proj(normed_hidden) + self.exit_embedding.weight[exit_index])
+        return self.out(hidden).squeeze(-1)
+
+
+class EarlyExitHeads(nn.Module):
+    """Everything the early-exit model adds to its backbone, under the ``early_exit.`` weight prefix."""
+
+    def __init__(self, config: EarlyExitConfig):
+        super().__init__()
+        hidden = config.backbone_config.hidden_size
+        num_internal = len(config.exit_layers)
+        self.adapters = (
+            nn.ModuleList(ExitAdapter(hidden, config.adapter_rank) for _ in range(num_internal))
+            if config.exit_head == "adapter"
+            else None
+        )
+        self.policy = PolicyHead(hidden, config.policy_hidden_size, max(num_internal, 1))
+        self.register_buffer("shortlist", torch.zeros(config.shortlist_size, dtype=torch.long))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _apply_rotary(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotate-half rotary embedding on ``(B, heads, T, head_dim)`` keys; partial when ``cos`` is narrower."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    width = cos.shape[-1]
+    rotary, rest = keys[..., :width], keys[..., width:]
+    rotary = rotary * cos + _rotate_half(rotary) * sin
+    return torch.cat((rotary, rest), dim=-1) if rest.shape[-1] else rotary
+
+
+class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
+    """A causal LM with internal exits and a policy head, for early-exit inference.
+
+    Example:
+        >>> model = EarlyExitForCausalLM.from_backbone(AutoModelForCausalLM.from_pretrained(path), min_exit_layer=8)
+        >>> model.generate(**inputs, exit_strategy="confidence", confidence_threshold=0.9)
+    """
+
+    config_class = EarlyExitConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = []
+
+    def __init__(self, config: EarlyExitConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if config.backbone_layout is None:
+            raise ValueError(
+                "config.backbone_layout is missing: build the model with EarlyExitForCausalLM.from_backbone(model) "
+                "or an EarlyExitConfig created where hf_unlearn is installed"
+            )
+        self.backbone = backbone if backbone is not None else AutoModelForCausalLM.from_config(config.backbone_config)
+        self.early_exit = EarlyExitHeads(config)
+        self.exit_stats = ExitStatistics(config.num_hidden_layers)
+        self._warned_untrained_policy = False
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_backbone(cls, model: PreTrainedModel, **config_kwargs) -> EarlyExitForCausalLM:
+        """Wrap a loaded causal LM (its modules are used as they are, not copied); ``config_kwargs`` go to
+        [`EarlyExitConfig`]."""
+        if hasattr(model, "get_base_model") or hasattr(model, "peft_config"):
+            raise ValueError(
+                "from_backbone takes the plain causal LM, not a PeftModel: wrap first, then apply LoRA with "
+                "peft.get_peft_model(EarlyExitForCausalLM.from_backbone(model), lora_config)"
+            )
+        config = EarlyExitConfig(backbone_config=model.config, **config_kwargs)
+        wrapper = cls(config, backbone=model)
+        parameter = next(model.parameters())
+        wrapper.early_exit.to(device=parameter.device, dtype=parameter.dtype)
+        if getattr(model, "generation_config", None) is not None:
+            wrapper.generation_config = model.generation_config
+        return wrapper
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Called on leaf modules (transformers skips parameter-less containers); the backbone has its own.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            if getattr(module, "_zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_output_embeddings(value)
+
+    def set_exit_strategy(self, exit_strategy: str, **settings) -> None:
+        """Set the inference rule (and any of its thresholds) in ``config`` after checking them.
+
+        Example:
+            >>> model.set_exit_strategy("entropy", entropy_threshold=0.3)
+        """
+        merged = exit_settings(self.config, exit_strategy=exit_strategy, **settings)
+        check_exit_settings(self.config, **merged)
+        for name, value in merged.items():
+            setattr(self.config, name, value)
+
+    def set_exit_shortlist(self, token_ids: torch.Tensor | list[int]) -> None:
+        """Tokens whose logits screen exits cheaply (`confidence` and `entropy` strategies); empty to remove."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().unique()
+        vocab = self.config.backbone_config.vocab_size
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"shortlist token ids must be in [0, {vocab})")
+        self.config.shortlist_size = int(ids.numel())
+        self.early_exit.shortlist = ids.to(self.early_exit.shortlist.device)
+
+    # ------------------------------------------------------------------ the backbone's parts
+
+    def _part(self, key: str) -> nn.Module | None:
+        path = self.config.backbone_layout[key]
+        return None if path is None else self.backbone.get_submodule(path)
+
+    def _layers(self) -> nn.ModuleList:
+        return self._part("layers")
+
+    def _layer_part(self, layer: nn.Module, key: str) -> nn.Module | None:
+        path = self.config.backbone_layout[key]
+        return None if path is None else layer.get_submodule(path)
+
+    def _embed(self, input_ids, inputs_embeds, position_ids) -> torch.Tensor:
+        hidden = self._part("embed_tokens")(input_ids) if inputs_embeds is None else inputs_embeds
+        positions = self._part("embed_positions")
+        if positions is not None:
+            hidden = hidden + positions(position_ids).to(hidden.device)
+        dropout = self._part("embed_dropout")
+        return dropout(hidden) if dropout is not None else hidden
+
+    def _attention_masks(self, hidden, attention_mask, cache, position_ids) -> list[Any]:
+        """One mask per layer, by the layer's attention type (full or sliding window)."""
+        config = self.config.backbone_config
+        depth = config.num_hidden_layers
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types is None:
+            sliding = getattr(config, "sliding_window", None) is not None
+            layer_types = ["sliding_attention" if sliding else "full_attention"] * depth
+        if isinstance(attention_mask, dict):
+            return [attention_mask[kind] for kind in layer_types[:depth]]
+        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        masks = {
+            kind: builders[kind](
+                config=config,
+                inputs_embeds=hidden,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+            )
+            for kind in set(layer_types[:depth])
+        }
+        return [masks[kind] for kind in layer_types[:depth]]
+
+    def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache) -> torch.Tensor:
+        kwargs = {"position_embeddings": position_embeddings} if position_embeddings is not None else {}
+        output = layer(
+            hidden, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs
+        )
+        return output[0] if isinstance(output, tuple) else output
+
+    def fill_skipped_layer(self, index: int, hidden: torch.Tensor, position_embeddings, cache) -> None:
+        """Append layer ``index``'s key/value entries computed from ``hidden`` (the exit states) to ``cache``: the
+        layer's input norm, key and value projections (and key norm, rotary embedding), nothing else."""
+        layout = self.config.backbone_layout
+        config = self.config.backbone_config
+        layer = self._layers()[index]
+        norm = self._layer_part(layer, "input_norm")
+        x = norm(hidden) if norm is not None else hidden
+        projection_path = layout["qkv_proj"] or layout["k_proj"]
+        attention = layer.get_submodule(projection_path.rpartition(".")[0])
+        head_dim = attention.head_dim
+        if layout["qkv_proj"] is not None:
+            kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+            kv_size = kv_heads * head_dim
+            qkv = self._layer_part(layer, "qkv_proj")(x)
+            keys, values = qkv[..., -2 * kv_size : -kv_size], qkv[..., -kv_size:]
+        else:
+            keys, values = self._layer_part(layer, "k_proj")(x), self._layer_part(layer, "v_proj")(x)
+        shape = (*x.shape[:-1], -1, head_dim)
+        keys, values = keys.view(shape), values.view(shape)
+        k_norm = self._layer_part(layer, "k_norm")
+        if k_norm is not None:
+            keys = k_norm(keys)
+        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+        clip = getattr(config, "clip_qkv", None)
+        if clip is not None:
+            keys, values = keys.clamp(-clip, clip), values.clamp(-clip, clip)
+        if position_embeddings is not None:
+            keys = _apply_rotary(keys, *position_embeddings)
+        cache.update(keys, values, index)
+
+    # ------------------------------------------------------------------ heads
+
+    def _exit_index(self, layer: int) -> int:
+        return self.config.exit_layers.index(layer)
+
+    def _head_input(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        if self.early_exit.adapters is not None and layer < self.config.num_hidden_layers:
+            hidden = self.early_exit.adapters[self._exit_index(layer)](hidden)
+        return self._part("final_norm")(hidden)
+
+    def exit_logits(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Vocabulary logits of the exit at ``layer`` (the backbone's own head at the last layer)."""
+        return self.backbone.get_output_embeddings()(self._head_input(hidden, layer))
+
+    def exit_probability(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """The policy's exit probability at the internal exit ``layer``."""
+        normed = self._part("final_norm")(hidden)
+        return torch.sigmoid(self.early_exit.policy(normed, self._exit_index(layer)).float())
+
+    def _shortlist_logits(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        head = self.backbone.get_output_embeddings()
+        ids = self.early_exit.shortlist
+        # Gathering the shortlist's rows costs as much as using them: keep them until the head or the list changes.
+        key = (head.weight.data_ptr(), head.weight._version, ids.data_ptr(), ids._version, head.weight.dtype)
+        cached = self.__dict__.get("_shortlist_rows")
+        if cached is None or cached[0] != key:
+            bias = head.bias[ids] if getattr(head, "bias", None) is not None else None
+            cached = (key, head.weight.detach()[ids].contiguous(), bias)
+            self.__dict__["_shortlist_rows"] = cached
+        return F.linear(self._head_input(hidden, layer), cached[1], cached[2])
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_all_exits: bool | None = None,
+        exit_all_positions: bool = False,
+        forced_exit_layers: torch.LongTensor | None = None,
+        exit_strategy: str | None = None,
+        policy_threshold: float | None = None,
+        confidence_threshold: float | None = None,
+        entropy_threshold: float | None = None,
+        patience: int | None = None,
+        fixed_exit_layer: int | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> EarlyExitCausalLMOutput:
+        r"""
+        output_all_exits (`bool`, *optional*):
+            Run every layer and return every exit's logits (or, with labels, per-token losses) and the policy's
+            probabilities in one pass. On by default when labels are given in training mode.
+        exit_all_positions (`bool`, *optional*, defaults to `False`):
+            Apply the exit strategy to every position of a multi-token input (teacher-forced evaluation of exits).
+            Without it a multi-token input (a prompt) runs at full depth and only single-token steps exit.
+        forced_exit_layers (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            In the all-exits pass, freeze each position at this exit layer: deeper layers see its exit state (the
+            key/value fill rule of inference), so training simulates the inference of these exit decisions.
+        exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer:
+            Override the config's inference settings for this call (also through `generate(...)`).
+        """
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("pass the cache as `cache` only (`past_key_values` is its deprecated name)")
+            cache = past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        settings = exit_settings(
+            self.config,
+            exit_strategy=exit_strategy,
+            policy_threshold=policy_threshold,
+            confidence_threshold=confidence_threshold,
+            entropy_threshold=entropy_threshold,
+            patience=patience,
+            fixed_exit_layer=fixed_exit_layer,
+        )
+        if exit_strategy is not None or any(
+            v is not None
+            for v in (policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer)
+        ):
+            check_exit_settings(self.config, **settings)
+
+        all_exits = output_all_exits if output_all_exits is not None else (labels is not None and self.training)
+        if forced_exit_layers is not None and not all_exits:
+            raise ValueError("forced_exit_layers applies to the all-exits pass: pass output_all_exits=True")
+        if use_cache is None:
+            use_cache = bool(getattr(self.config, "use_cache", True)) and not all_exits
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config.backbone_config)
+
+        reference = input_ids if input_ids is not None else inputs_embeds
+        length = reference.shape[1]
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(past, past + length, device=reference.device).unsqueeze(0)
+        hidden = self._embed(input_ids, inputs_embeds, position_ids)
+        masks = self._attention_masks(hidden, attention_mask, cache, position_ids)
+        rotary = self._part("rotary_emb")
+        position_embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
+        walk = (masks, position_embeddings, position_ids, cache, use_cache)
+
+        if all_exits:
+            output = self._forward_all_exits(hidden, walk, labels, forced_exit_layers, attention_mask)
+        elif settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions):
+            output = self._forward_with_exits(hidden, walk, settings, attention_mask)
+        else:
+            output = self._forward_full(hidden, walk, logits_to_keep)
+        if labels is not None and output.loss is None:
+            output.loss = self.loss_function(
+                logits=output.logits, labels=labels, vocab_size=self.config.backbone_config.vocab_size, **kwargs
+            )
+        output.cache = cache if use_cache else None
+        return output
+
+    def _forward_full(self, hidden, walk, logits_to_keep) -> EarlyExitCausalLMOutput:
+        masks, position_embeddings, position_ids, cache, use_cache = walk
+        for index, layer in enumerate(self._layers()):
+            hidden = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.exit_logits(hidden[:, keep], self.config.num_hidden_layers)
+        exit_layers = torch.full(hidden.shape[:2], self.config.num_hidden_layers, device=hidden.device)
+        return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
+
+    def _forward_all_exits(self, hidden, walk, labels, forced_exit_layers, attention_mask) -> EarlyExitCausalLMOutput:
+        masks, position_embeddings, position_ids, cache, use_cache = walk
+        depth = self.config.num_hidden_layers
+        exits = self.config.all_exits
+        running = None
+        if forced_exit_layers is not None:
+            if forced_exit_layers.shape != hidden.shape[:2]:
+                raise ValueError(
+                    f"forced_exit_layers has shape {tuple(forced_exit_layers.shape)}; it needs one exit layer per "
+                    f"position, {tuple(hidden.shape[:2])}"
+                )
+            if not torch.isin(forced_exit_layers, torch.tensor(exits, device=hidden.device)).all():
+                raise ValueError(f"forced_exit_layers must hold exit layers only: {exits}")
+            running = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        states = {}
+        for index, layer in enumerate(self._layers()):
+            new = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
+            hidden = new if running is None else torch.where(running.unsqueeze(-1), new, hidden)
+            if index + 1 in exits:
+                states[index + 1] = hidden
+                if running is not None:
+                    running = running & (forced_exit_layers != index + 1)
+
+        policy_probs = (
+            torch.stack([self.exit_probability(states[k], k) for k in self.config.exit_layers])
+            if self.config.exit_layers
+            else None
+        )
+        exit_layers = (
+            forced_exit_layers
+            if forced_exit_layers is not None
+            else torch.full(hidden.shape[:2], depth, device=hidden.device)
+        )
+        if labels is None:
+            exit_logits = tuple(self.exit_logits(states[k], k) for k in exits)
+            logits = exit_logits[-1]
+            if forced_exit_layers is not None:
+                logits = torch.zeros_like(logits)
+                for k, layer_logits in zip(exits, exit_logits):
+                    logits = torch.where((forced_exit_layers == k).unsqueeze(-1), layer_logits, logits)
+            return EarlyExitCausalLMOutput(
+                logits=logits, exit_logits=exit_logits, policy_probs=policy_probs, exit_layers=exit_layers
+            )
+
+        targets = labels[:, 1:]
+        losses, correct = [], []
+        for k in exits:
+            # Recomputed in backward: the logits of all exits would not fit in memory at once.
+            if torch.is_grad_enabled() and states[k].requires_grad:
+                loss, hit = checkpoint(self._exit_token_loss, states[k], k, targets, use_reentrant=False)
+            else:
+                loss, hit = self._exit_token_loss(states[k], k, targets)
+            losses.append(loss)
+            correct.append(hit)
+        exit_losses, exit_correct = torch.stack(losses), torch.stack(correct)
+        mask = targets != IGNORE_INDEX
+        if forced_exit_layers is not None:
+            layers = torch.tensor(exits, device=mask.device).view(-1, 1, 1)
+            chosen = forced_exit_layers[:, :-1].unsqueeze(0) == layers
+            per_token = (exit_losses * chosen).sum(0)
+        else:
+            per_token = exit_losses.mean(0)
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return EarlyExitCausalLMOutput(
+            loss=loss,
+            exit_losses=exit_losses,
+            exit_correct=exit_correct,
+            policy_probs=policy_probs,
+            exit_layers=exit_layers,
+        )
+
+    def _exit_token_loss(self, hidden: torch.Tensor, layer: int, targets: torch.Tensor):
+        logits = self.exit_logits(hidden[:, :-1], layer).float()
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        return loss, logits.argmax(-1) == targets
+
+    def _forward_with_exits(self, hidden, walk, settings, attention_mask) -> EarlyExitCausalLMOutput:
+        masks, position_embeddings, position_ids, cache, use_cache = walk
+        config = self.config
+        depth = config.num_hidden_layers
+        strategy = settings["exit_strategy"]
+        internal = set(config.exit_layers)
+        if strategy == "fixed":
+            internal = {settings["fixed_exit_layer"]} & internal
+        elif strategy == "policy" and not config.policy_trained and not self._warned_untrained_policy:
+            warnings.warn(
+                "exit_strategy='policy' with an untrained policy head: its exits are arbitrary. Train it with "
+                "hf_unlearn's ConsistentEETrainer, or use 'confidence', 'entropy', 'patience' or 'fixed'.",
+                stacklevel=3,
+            )
+            self._warned_untrained_policy = True
+        batch, length = hidden.shape[:2]
+        device = hidden.device
+        active = torch.ones(batch, length, dtype=torch.bool, device=device)
+        if attention_mask is not None and attention_mask.dim() == 2 and length > 1:
+            active &= attention_mask[:, -length:].bool()
+        exit_layers = torch.where(active, depth, 0)
+        logits_out = None
+        streak = torch.zeros(batch, length, dtype=torch.long, device=device)
+        previous = torch.full((batch, length), -1, dtype=torch.long, device=device)
+        any_active = bool(active.any())
+        layers = self._layers()
+        for index, layer in enumerate(layers):
+            if not any_active and config.kv_fill == "state":
+                for rest in range(index, depth):
+                    self.fill_skipped_layer(rest, hidden, position_embeddings, cache)
+                break
+            new = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
+            if config.kv_fill == "compute" or bool(active.all()):
+                hidden = new
+            else:
+                hidden = torch.where(active.unsqueeze(-1), new, hidden)
+            k = index + 1
+            if k not in internal or not any_active:
+                continue
+            rows = active.nonzero(as_tuple=True)
+            exit_now, logits = self._decide(strategy, settings, hidden[rows], k, previous, streak, rows)
+            if bool(exit_now.any()):
+                chosen = tuple(r[exit_now] for r in rows)
+                if logits is None:
+                    logits = self.exit_logits(hidden[chosen], k)
+                else:
+                    logits = logits[exit_now]
+                if logits_out is None:
+                    logits_out = logits.new_zeros(batch, length, logits.shape[-1])
+                logits_out[chosen] = logits
+                exit_layers[chosen] = k
+                active[chosen] = False
+                any_active = bool(active.any())
+        if any_active:
+            rows = active.nonzero(as_tuple=True)
+            logits = self.exit_logits(hidden[rows], depth)
+            if logits_out is None:
+                logits_out = logits.new_zeros(batch, length, logits.shape[-1])
+            logits_out[rows] = logits
+        if logits_out is None:  # only padding positions
+            logits_out = self.exit_logits(hidden, depth) * 0
+        self.exit_stats.update(exit_layers)
+        return EarlyExitCausalLMOutput(logits=logits_out, exit_layers=exit_layers)
+
+    def _decide(self, strategy, settings, hidden, layer, previous, streak, rows):
+        """Which of the active positions (``hidden`` is ``(N, D)``) exit at ``layer``, and their logits when the rule
+        computed them."""
+        if strategy == "fixed":
+            return torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device), None
+        if strategy == "policy":
+            return self.exit_probability(hidden, layer) > settings["policy_threshold"], None
+        if strategy == "patience":
+            logits = self.exit_logits(hidden, layer)
+            top = logits.argmax(-1)
+            same = top == previous[rows]
+            streak[rows] = torch.where(same, streak[rows] + 1, torch.ones_like(top))
+            previous[rows] = top
+            return streak[rows] >= settings["patience"], logits
+        # confidence / entropy: optionally screen with the shortlist, then decide on the full head's distribution.
+        candidates = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        if self.early_exit.shortlist.numel():
+            candidates = self._passes(strategy, settings, self._shortlist_logits(hidden, layer))
+            if not bool(candidates.any()):
+                return candidates, None
+        full = self.exit_logits(hidden[candidates], layer)
+        decision = torch.zeros_like(candidates)
+        decision[candidates] = self._passes(strategy, settings, full)
+        logits = full.new_zeros(hidden.shape[0], full.shape[-1])
+        logits[candidates] = full
+        return decision, logits
+
+    @staticmethod
+    def _passes(strategy: str, settings: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        if strategy == "confidence":
+            return log_probs.max(-1).values.exp() > settings["confidence_threshold"]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return entropy < settings["entropy_threshold"]
