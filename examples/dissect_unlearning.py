@@ -27,7 +27,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noqa: E402
-from smollm2 import load_smollm2  # noqa: E402
 
 import hf_unlearn as hu  # noqa: E402
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
@@ -42,6 +41,7 @@ from hf_unlearn.dissect import (  # noqa: E402
     side_effects,
 )
 from hf_unlearn.losses import sequence_log_probs  # noqa: E402
+from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEMPLATE = "Question: {q}\nAnswer:"

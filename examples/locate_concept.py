@@ -36,16 +36,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # concept_data.py and smollm2.py sit next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # concept_data.py sits next to this file
 
 from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noqa: E402
-from smollm2 import load_smollm2  # noqa: E402
 
 from hf_unlearn.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 from hf_unlearn.concepts import ablate_concept_vector  # noqa: E402
 from hf_unlearn.concepts.locate import score_value_vectors  # noqa: E402
 from hf_unlearn.data import UnlearningCollator, tokenize_pair  # noqa: E402
 from hf_unlearn.losses import sequence_log_probs  # noqa: E402
+from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Two worked examples teach the model the short-answer format: with them the gold answers get a mean log-prob of

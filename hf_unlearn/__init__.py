@@ -1,4 +1,4 @@
-"""hf_unlearn: unlearning trainers for Hugging Face Transformers.
+"""hf_unlearn: unlearning trainers, unlearning audits and early exit for Hugging Face Transformers.
 
 Example:
     >>> from hf_unlearn import GradAscentTrainer, GradAscentConfig
@@ -16,6 +16,7 @@ from .concepts import (
     validate_concept_vector,
 )
 from .dissect import activation_patching, knowledge_recovery_score, parameter_restoration
+from .early_exit import EarlyExitConfig, EarlyExitForCausalLM
 from .trainers import (
     GradAscentConfig,
     GradAscentTrainer,
@@ -46,6 +47,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchitectureAdapter",
     "ConceptVector",
+    "EarlyExitConfig",
+    "EarlyExitForCausalLM",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",

@@ -515,3 +515,17 @@ def test_module_files_import_nothing_from_hf_unlearn_at_top_level():
         for node in tree.body:
             if isinstance(node, ast.ImportFrom):
                 assert node.level <= 1 and not (node.module or "").startswith("hf_unlearn"), (name, node.module)
+
+
+def test_token_shortlist_ranks_by_frequency_and_keeps_special_tokens(tokenizer):
+    from hf_unlearn.early_exit import token_shortlist
+
+    texts = ["the cat sat on the mat", "the dog ran", "the cat"]
+    ids = token_shortlist(tokenizer, texts, size=len(tokenizer.all_special_ids) + 2)
+    words = {tokenizer.convert_ids_to_tokens(i) for i in ids}
+    assert {"the", "cat"} <= words and set(tokenizer.all_special_tokens) <= words
+    assert "dog" not in words and ids == sorted(ids)
+    padded = token_shortlist(tokenizer, texts, size=40)  # more than the texts hold: topped up with the lowest ids
+    assert len(padded) == 40 and set(ids) <= set(padded)
+    with pytest.raises(ValueError, match="texts must be strings"):
+        token_shortlist(tokenizer, [["the"]], size=4)

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration_early_exit import EXIT_STRATEGIES, EarlyExitConfig
 from .modeling_early_exit import EarlyExitCausalLMOutput, EarlyExitForCausalLM, ExitStatistics
+from .shortlist import token_shortlist
 
 AutoConfig.register(EarlyExitConfig.model_type, EarlyExitConfig, exist_ok=True)
 AutoModelForCausalLM.register(EarlyExitConfig, EarlyExitForCausalLM, exist_ok=True)
@@ -16,4 +17,11 @@ AutoModelForCausalLM.register(EarlyExitConfig, EarlyExitForCausalLM, exist_ok=Tr
 EarlyExitConfig.register_for_auto_class()
 EarlyExitForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["EXIT_STRATEGIES", "EarlyExitCausalLMOutput", "EarlyExitConfig", "EarlyExitForCausalLM", "ExitStatistics"]
+__all__ = [
+    "EXIT_STRATEGIES",
+    "EarlyExitCausalLMOutput",
+    "EarlyExitConfig",
+    "EarlyExitForCausalLM",
+    "ExitStatistics",
+    "token_shortlist",
+]

