@@ -28,7 +28,7 @@ sys.path.insert(1, str(TESTS.parent))
 import torch  # noqa: E402
 from conftest import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama  # noqa: E402
 
-import hf_unlearn.trainers.base as base  # noqa: E402
+import hf_unlearn.trainers.unlearning as base  # noqa: E402
 from hf_unlearn import GradAscentConfig, GradAscentTrainer, NPOConfig, NPOTrainer  # noqa: E402
 from hf_unlearn.data import INDEX_COLUMN, UnlearningCollator, prepare_dataset  # noqa: E402
 from hf_unlearn.losses import IGNORE_INDEX  # noqa: E402

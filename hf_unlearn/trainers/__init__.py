@@ -1,15 +1,18 @@
-"""Unlearning trainers: one ``XConfig`` + ``XTrainer`` per method, TRL style."""
+"""hf_unlearn's trainers: one ``XConfig`` + ``XTrainer`` per method, TRL style."""
 
-from .base import UnlearningConfig, UnlearningTrainer
+from .base import BaseConfig, BaseTrainer
 from .dpo import IdkDPOConfig, IdkDPOTrainer
 from .gradient_ascent import GradAscentConfig, GradAscentTrainer, GradDiffConfig, GradDiffTrainer
 from .needle import NeedleConfig, NeedleTrainer
 from .npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
 from .rmu import RMUConfig, RMUTrainer
 from .undial import UNDIALConfig, UNDIALTrainer
+from .unlearning import UnlearningConfig, UnlearningTrainer
 from .weighted_ascent import SatImpConfig, SatImpTrainer, WGAConfig, WGATrainer
 
 __all__ = [
+    "BaseConfig",
+    "BaseTrainer",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",

@@ -1,61 +1,33 @@
-"""``UnlearningConfig`` and ``UnlearningTrainer``: what every unlearning method shares.
+"""``BaseConfig`` and ``BaseTrainer``: what every hf_unlearn trainer shares, unlearning or early exit.
 
-A method subclass only says what its forget term is (``compute_forget_loss``), how that term is normalised
-(per token or per sequence) and whether it needs a reference model. The base class does the rest:
-data preparation, forget/retain pairing, the retain term, the reference model, loss scaling under gradient
-accumulation and data parallelism, metric logging and the non-finite-loss guard.
-
-Loss scaling. Each term is a mean over the scored tokens (or sequences) of the *whole* optimizer step: every
-micro-batch contributes ``micro_mean · micro_count / step_count`` (times the world size when counts are
-gathered across ranks, since DDP averages gradients). So a step of 2 micro-batches of 2 gives the same update as
-one micro-batch of 4, and ``loss_is_scaled_for_ga = True`` tells the Trainer not to divide again.
+Loading the model from a path (``model_init_kwargs``), the tokenizer and its pad token, PEFT, dropout, bf16 when a
+bf16 GPU is present, metrics kept as tensors and logged the TRL way (``eval_`` prefix, returned by ``evaluate()``),
+the non-finite-loss guard and the model-card tags. A subclass says how its data is prepared and what its loss is.
 """
 
 from __future__ import annotations
 
-import copy
-import gc
-import math
-import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 from datasets import Dataset
 from torch import nn
-from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import set_seed
 
-from .. import losses
 from ..architectures import unwrap_model
-from ..data import INDEX_COLUMN, UnlearningCollator, ensure_pad_token, prepare_dataset, retain_indices
-
-COUNT_KEYS = ("forget_tokens", "forget_sequences", "retain_tokens", "retain_sequences")
+from ..data import UnlearningCollator, ensure_pad_token
 
 
 @dataclass
-class UnlearningConfig(TrainingArguments):
+class BaseConfig(TrainingArguments):
     r"""
-    Configuration class for the unlearning trainers; every method's ``XConfig`` subclasses it.
-
-    Only the parameters specific to unlearning are listed here; see [`~transformers.TrainingArguments`] for the rest.
-    The total loss is ``forget_weight · L_forget + retain_weight · L_retain``.
+    Configuration shared by every hf_unlearn trainer; see [`~transformers.TrainingArguments`] for the rest.
 
     Parameters:
-        > Parameters that control the objective
-
-        forget_weight (`float`, *optional*, defaults to `1.0`):
-            Weight γ of the forget term.
-        retain_weight (`float`, *optional*, defaults to `1.0`):
-            Weight α of the retain term.
-        retain_loss (`str`, *optional*, defaults to `"nll"`):
-            Retain term: `"none"`, `"nll"` (cross-entropy on the retain set) or `"kl"` (KL(π_ref ‖ π_θ) on the
-            retain set, which needs a reference model).
-
         > Parameters that control the data
 
         max_length (`int` or `None`, *optional*, defaults to `1024`):
@@ -65,18 +37,14 @@ class UnlearningConfig(TrainingArguments):
         pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
             Pad each batch to a multiple of this length.
 
-        > Parameters that control the models
+        > Parameters that control the model
 
         model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Keyword arguments for `from_pretrained` when `model` is given as a path or Hub id.
-        precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
-            Compute every reference log-probability the method needs once before training, then drop the
-            reference model. Only for methods whose reference enters through sequence log-probs (NPO, IdkDPO).
         disable_dropout (`bool`, *optional*, defaults to `True`):
-            Disable dropout in the policy and reference models.
+            Disable dropout in the trained model (and in a reference model).
     """
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "Initial learning rate for AdamW."})
     logging_steps: float = field(
         default=10,
         metadata={"help": "Log every X updates steps. Should be an integer or a float in range `[0,1)`."},
@@ -88,12 +56,6 @@ class UnlearningConfig(TrainingArguments):
             "`fp16` is off, so the same config runs on a CPU-only machine."
         },
     )
-    forget_weight: float = field(default=1.0, metadata={"help": "Weight γ of the forget term."})
-    retain_weight: float = field(default=1.0, metadata={"help": "Weight α of the retain term."})
-    retain_loss: str = field(
-        default="nll",
-        metadata={"help": "Retain term: 'none', 'nll' (cross-entropy on the retain set) or 'kl' (KL(ref || policy))."},
-    )
     max_length: int | None = field(
         default=1024, metadata={"help": "Maximum tokenised length; longer sequences are truncated."}
     )
@@ -103,169 +65,93 @@ class UnlearningConfig(TrainingArguments):
         default=None,
         metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as a path or Hub id."},
     )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute every reference log-prob the method needs once before training, then drop the "
-            "reference model (NPO, IdkDPO)."
-        },
-    )
-    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the policy and reference."})
-
-    retain_losses: ClassVar[tuple[str, ...]] = ("none", "nll", "kl")
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the trained model."})
 
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = (
                 not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             )
-        if self.retain_loss not in self.retain_losses:
-            raise ValueError(
-                f"retain_loss={self.retain_loss!r} is not supported by {type(self).__name__}; choose one of "
-                f"{list(self.retain_losses)}"
-            )
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens (got {self.max_length})")
         super().__post_init__()
 
 
-class UnlearningTrainer(Trainer):
-    """Base class of the unlearning trainers: a `transformers.Trainer` whose train dataset is the forget set.
+class BaseTrainer(Trainer):
+    """A `transformers.Trainer` that loads and prepares its model, tokenizer and data the hf_unlearn way.
 
-    Subclasses implement ``compute_forget_loss`` and set the class attributes below.
+    Subclasses set ``config_class``, ``method_name`` and ``_tag_names``, implement ``_prepare_datasets`` and
+    ``compute_loss``, and record metrics with ``self._record(mode, metrics)``.
     """
 
-    config_class: ClassVar[type[UnlearningConfig]] = UnlearningConfig
-    method_name: ClassVar[str] = "unlearning"
-    #: "tokens" if the forget term is a mean over scored tokens, "sequences" if over sequences (or pairs).
-    forget_normalization: ClassVar[str] = "tokens"
-    #: whether the forget term itself needs a reference model.
-    needs_reference: ClassVar[bool] = False
-    #: columns of reference sequence log-probs that ``precompute_ref_log_probs`` can fill (empty: unsupported).
-    ref_log_prob_columns: ClassVar[tuple[str, ...]] = ()
-    #: whether the forget set is in the preference format (prompt / chosen / rejected).
-    preference: ClassVar[bool] = False
-    _tag_names: ClassVar[list[str]] = ["hf_unlearn", "unlearning"]
-    loss_is_scaled_for_ga = True
+    config_class: ClassVar[type[BaseConfig]] = BaseConfig
+    method_name: ClassVar[str] = "hf_unlearn"
+    _tag_names: ClassVar[list[str]] = ["hf_unlearn"]
 
     def __init__(
         self,
         model: PreTrainedModel | nn.Module | str,
-        args: UnlearningConfig | TrainingArguments | None = None,
+        args: BaseConfig | TrainingArguments | None = None,
         train_dataset: Dataset | list | None = None,
-        retain_dataset: Dataset | list | None = None,
         eval_dataset: Dataset | list | None = None,
         processing_class=None,
-        ref_model: PreTrainedModel | nn.Module | None = None,
         peft_config=None,
         data_collator=None,
         callbacks=None,
         optimizers=(None, None),
     ):
-        model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
-        args = self._resolve_args(args, model_id)
+        config = getattr(model, "config", None)
+        self._model_id = model if isinstance(model, str) else getattr(config, "_name_or_path", "")
+        args = self._resolve_args(args, self._model_id)
         # Before any model creation: LoRA initialisation is random.
         set_seed(args.seed)
-
-        if isinstance(model, str):
-            from trl.trainer.utils import create_model_from_path
-
-            model = create_model_from_path(model, **(args.model_init_kwargs or {}))
-        elif args.model_init_kwargs:
-            raise ValueError("model_init_kwargs only applies when `model` is a path or Hub id, not a loaded model")
-        if ref_model is not None and ref_model is model:
-            raise ValueError("ref_model must be a separate model, not the policy itself; leave it None for a copy")
-
+        model = self._load_model(model, args)
         if processing_class is None:
-            if not model_id:
+            if not self._model_id:
                 raise ValueError("pass processing_class=tokenizer: the model has no name to load a tokenizer from")
-            processing_class = AutoTokenizer.from_pretrained(model_id)
+            processing_class = AutoTokenizer.from_pretrained(self._model_id)
         ensure_pad_token(processing_class)
 
         if peft_config is not None:
             model = self._apply_peft(model, peft_config, args)
         self._is_peft = hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
-
         self._configure_model(model, args)
         if args.disable_dropout:
-            _disable_dropout(model)
+            disable_dropout(model)
 
-        if train_dataset is None:
-            raise ValueError("train_dataset (the forget set) is required")
-        forget = prepare_dataset(
-            train_dataset,
-            processing_class,
-            "train_dataset (forget set)",
-            args.max_length,
-            self.preference,
-            args.dataset_num_proc,
-        )
-        evaluation = None
-        if eval_dataset is not None:
-            evaluation = prepare_dataset(
-                eval_dataset, processing_class, "eval_dataset", args.max_length, self.preference, args.dataset_num_proc
-            )
-        self.retain_dataset = self._prepare_retain(retain_dataset, processing_class, args)
-
-        needs_ref = self.uses_reference(args)
-        if args.precompute_ref_log_probs:
-            if not self.ref_log_prob_columns:
-                raise ValueError(
-                    f"precompute_ref_log_probs is not available for {self.method_name}: its reference enters through "
-                    "per-token logits, not sequence log-probs. Set precompute_ref_log_probs=False."
-                )
-            if args.retain_loss == "kl":
-                raise ValueError(
-                    "precompute_ref_log_probs cannot cover retain_loss='kl', which needs the reference's full "
-                    "distribution at every step; use retain_loss='nll' or precompute_ref_log_probs=False"
-                )
-        if not needs_ref:
-            if ref_model is not None:
-                warnings.warn(f"{self.method_name} with these settings uses no reference model; ref_model is ignored")
-            ref_model = None
-        elif ref_model is None and not self._is_peft:
-            # The starting model, frozen. With PEFT the base model with the adapter disabled plays this role.
-            ref_model = self._copy_reference(model, model_id, args)
-        if ref_model is not None:
-            ref_model.requires_grad_(False)
-            ref_model.eval()
-            if args.disable_dropout:
-                _disable_dropout(ref_model)
-        self._needs_ref = needs_ref
-        self._ref_precomputed = False
-
+        train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset, processing_class, args)
         if data_collator is None:
             data_collator = UnlearningCollator(processing_class.pad_token_id, args.pad_to_multiple_of)
-        self._pairing_collator = data_collator
-
         super().__init__(
             model=model,
             args=args,
             data_collator=data_collator,
-            train_dataset=forget,
-            eval_dataset=evaluation,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        self.ref_model = self._prepare_ref_model(ref_model) if ref_model is not None else None
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
-    # ------------------------------------------------------------------ set-up
+    # ------------------------------------------------------------------ set-up hooks
 
-    def _resolve_args(self, args, model_id: str) -> UnlearningConfig:
+    def _resolve_args(self, args, model_id: str) -> BaseConfig:
         config_class = self.config_class
         if args is None:
             name = (model_id or "model").rstrip("/").split("/")[-1]
             return config_class(output_dir=f"{name}-{self.method_name}")
         if isinstance(args, config_class):
             return args
-        if isinstance(args, UnlearningConfig):
+        if isinstance(args, BaseConfig):
             raise ValueError(
                 f"{type(self).__name__} needs a {config_class.__name__}, got a {type(args).__name__}: the method's "
-                "defaults (beta, weights, ...) live in its own config"
+                "defaults live in its own config"
             )
         if isinstance(args, TrainingArguments):
             init_fields = {f.name for f in fields(args) if f.init}
@@ -274,21 +160,14 @@ class UnlearningTrainer(Trainer):
             return config_class(**values)
         raise TypeError(f"args must be a {config_class.__name__}, got {type(args).__name__}")
 
-    @staticmethod
-    def _copy_reference(model: nn.Module, model_id: str, args: UnlearningConfig) -> nn.Module:
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        if is_deepspeed_zero3_enabled():
-            # Under ZeRO-3 the loaded weights are already partitioned: a deep copy would copy empty shards.
-            if not model_id:
-                raise ValueError(
-                    "under DeepSpeed ZeRO-3 the reference model is loaded from the model's path, and this model has "
-                    "none: pass ref_model=..., load the model from a path, or use peft_config"
-                )
+    def _load_model(self, model, args: BaseConfig) -> nn.Module:
+        if isinstance(model, str):
             from trl.trainer.utils import create_model_from_path
 
-            return create_model_from_path(model_id, **(args.model_init_kwargs or {}))
-        return copy.deepcopy(unwrap_model(model))
+            return create_model_from_path(model, **(args.model_init_kwargs or {}))
+        if args.model_init_kwargs:
+            raise ValueError("model_init_kwargs only applies when `model` is a path or Hub id, not a loaded model")
+        return model
 
     @staticmethod
     def _apply_peft(model, peft_config, args):
@@ -302,236 +181,14 @@ class UnlearningTrainer(Trainer):
             model.enable_input_require_grads()
         return model
 
-    @classmethod
-    def uses_reference(cls, args: UnlearningConfig) -> bool:
-        """Whether the method with these settings needs a reference model."""
-        return cls.needs_reference or args.retain_loss == "kl"
+    def _configure_model(self, model: nn.Module, args: BaseConfig) -> None:
+        """Hook for methods that change which parameters train."""
 
-    def _configure_model(self, model: nn.Module, args: UnlearningConfig) -> None:
-        """Hook for methods that change which parameters train (RMU, Needle)."""
-
-    def _prepare_retain(self, retain_dataset, processing_class, args) -> Dataset | None:
-        if args.retain_loss == "none":
-            if retain_dataset is not None:
-                warnings.warn(
-                    "retain_dataset is given but retain_loss='none', so it is not used; set retain_loss to use it"
-                )
-            return None
-        if retain_dataset is None:
-            raise ValueError(
-                f"retain_loss={args.retain_loss!r} needs a retain_dataset: pass retain_dataset=... or set "
-                "retain_loss='none'"
-            )
-        return prepare_dataset(
-            retain_dataset, processing_class, "retain_dataset", args.max_length, False, args.dataset_num_proc
-        )
-
-    def _prepare_ref_model(self, ref_model: nn.Module) -> nn.Module:
-        if self.is_deepspeed_enabled:
-            from trl.models import prepare_deepspeed
-
-            return prepare_deepspeed(ref_model, self.accelerator)
-        if self.is_fsdp_enabled:
-            from trl.models import prepare_fsdp
-
-            return prepare_fsdp(ref_model, self.accelerator)
-        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            groups = ("", "chosen_", "rejected_")
-            self._signature_columns = [
-                f"{g}{k}" for g in groups for k in ("input_ids", "attention_mask", "labels")
-            ] + [INDEX_COLUMN, *self.ref_log_prob_columns]
-
-    # ------------------------------------------------------------------ reference model
-
-    @contextmanager
-    def reference(self) -> Iterator[nn.Module]:
-        """The reference model, in eval mode and without gradients (the base model when training a PEFT adapter)."""
-        if self.ref_model is not None:
-            with torch.no_grad():
-                yield self.ref_model
-        elif self._is_peft and self._needs_ref and not self._ref_precomputed:
-            with torch.no_grad(), unwrap_model_with_adapter(self.model).disable_adapter():
-                yield self.model
-        else:
-            raise RuntimeError(f"{self.method_name} has no reference model at this point")
-
-    def _drop_reference(self) -> None:
-        self.ref_model = None
-        self._ref_precomputed = True
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def reference_sequence_log_probs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Reference sequence log-probs for the columns of ``ref_log_prob_columns`` (override per method)."""
-        raise NotImplementedError(f"{self.method_name} does not use precomputed reference log-probs")
-
-    def _precompute_reference(self, dataset: Dataset, name: str) -> Dataset:
-        if all(c in dataset.column_names for c in self.ref_log_prob_columns):
-            return dataset
-        columns = [c for c in dataset.column_names if c in self._signature_columns_or_default()]
-        loader = DataLoader(
-            dataset.select_columns(columns),
-            batch_size=self.args.per_device_eval_batch_size,
-            collate_fn=self.data_collator,
-            shuffle=False,
-        )
-        loader = self.accelerator.prepare(loader)
-        index_parts, value_parts = [], defaultdict(list)
-        from tqdm.auto import tqdm
-
-        for batch in tqdm(
-            loader,
-            desc=f"Reference log-probs ({name})",
-            disable=self.args.disable_tqdm or not self.is_local_process_zero(),
-        ):
-            batch = self._prepare_inputs(batch)
-            values = self.reference_sequence_log_probs(batch)
-            index_parts.append(self.accelerator.gather_for_metrics(batch[INDEX_COLUMN]).cpu())
-            for key in self.ref_log_prob_columns:
-                value_parts[key].append(self.accelerator.gather_for_metrics(values[key].float()).cpu())
-        order = torch.cat(index_parts)
-        for key in self.ref_log_prob_columns:
-            by_index = torch.empty(len(dataset))
-            by_index[order] = torch.cat(value_parts[key])
-            position = torch.as_tensor(dataset[INDEX_COLUMN])
-            dataset = dataset.add_column(key, by_index[position].tolist())
-        return dataset
-
-    def _signature_columns_or_default(self) -> list[str]:
-        self._set_signature_columns_if_needed()
-        return self._signature_columns
-
-    def _maybe_precompute(self) -> None:
-        if not self.args.precompute_ref_log_probs or self._ref_precomputed:
-            return
-        self.train_dataset = self._precompute_reference(self.train_dataset, "forget set")
-        if isinstance(self.eval_dataset, Dataset):
-            self.eval_dataset = self._precompute_reference(self.eval_dataset, "eval set")
-        self._drop_reference()
-
-    def get_train_dataloader(self) -> DataLoader:
-        self._maybe_precompute()
-        return super().get_train_dataloader()
-
-    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
-        self._maybe_precompute()
-        return super().get_eval_dataloader(eval_dataset)
-
-    # ------------------------------------------------------------------ batches
-
-    def _attach_retain(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
-        if self.retain_dataset is None or "retain" in batch:
-            return batch
-        indices = retain_indices(
-            batch[INDEX_COLUMN].tolist(),
-            len(self.retain_dataset),
-            self.args.seed,
-            self.accelerator.process_index,
-            epoch,
-        )
-        rows = self.retain_dataset[indices]
-        keys = [k for k in ("input_ids", "attention_mask", "labels") if k in rows]
-        features = [{k: rows[k][i] for k in keys} for i in range(len(indices))]
-        return {**batch, "retain": self._pairing_collator(features)}
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batch_samples = []
-        epoch = math.floor(self.state.epoch or 0)
-        for _ in range(num_batches):
-            try:
-                batch_samples.append(self._attach_retain(next(epoch_iterator), epoch))
-            except StopIteration:
-                break
-        return batch_samples, self._count_items(batch_samples, device)
-
-    def _count_items(self, batch_samples: list[dict], device) -> dict[str, torch.Tensor] | None:
-        """Scored forget/retain tokens and sequences over all micro-batches of the optimizer step (and ranks)."""
-        if not batch_samples:
-            return None
-        counts = torch.zeros(len(COUNT_KEYS), dtype=torch.float64)
-        for batch in batch_samples:
-            counts += torch.tensor(self._micro_counts(batch), dtype=torch.float64)
-        counts = counts.to(device)
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
-        return dict(zip(COUNT_KEYS, counts))
-
-    def _micro_counts(self, batch: dict[str, Any]) -> tuple[float, float, float, float]:
-        labels = batch["rejected_labels"] if self.preference else batch["labels"]
-        forget_tokens = float((labels[:, 1:] != losses.IGNORE_INDEX).sum())
-        retain = batch.get("retain")
-        retain_tokens = float((retain["labels"][:, 1:] != losses.IGNORE_INDEX).sum()) if retain else 0.0
-        return (
-            forget_tokens,
-            float(labels.shape[0]),
-            retain_tokens,
-            float(retain["labels"].shape[0]) if retain else 0.0,
-        )
-
-    def _share(self, micro_count: float, counts: dict | None, key: str) -> float:
-        """Fraction of the step's mean that this micro-batch's mean stands for."""
-        if counts is None:
-            return 1.0
-        total = float(counts[key])
-        if total == 0:
-            return 0.0
-        world = self.args.world_size if (self.args.average_tokens_across_devices and self.args.world_size > 1) else 1
-        return micro_count / total * world
-
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        if not hasattr(self, "_num_non_embedding_params"):
-            self._num_non_embedding_params = unwrap_model(self.model).num_parameters(exclude_embeddings=True)
-        tokens = sum(v.numel() for k, v in _flatten(inputs) if k.endswith("input_ids"))
-        return 6 * self._num_non_embedding_params * tokens
-
-    # ------------------------------------------------------------------ forward passes
-
-    def forward_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
-        """Logits of ``model`` on ``batch[prefix + "input_ids"]``."""
-        return model(
-            input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"], use_cache=False
-        ).logits
-
-    def compute_forget_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The method's forget term as a mean over this micro-batch, and metrics to log."""
+    def _prepare_datasets(self, train_dataset, eval_dataset, processing_class, args) -> tuple[Any, Any]:
+        """Validate and tokenise the datasets (each subclass knows its formats)."""
         raise NotImplementedError
 
-    def compute_retain_loss(self, model: nn.Module, retain: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """The retain term (``nll`` or ``kl``) as a mean over this micro-batch's scored retain tokens."""
-        logits = self.forward_logits(model, retain)
-        log_probs, mask = losses.token_log_probs(logits, retain["labels"])
-        nll = -losses.masked_mean(log_probs, mask)
-        if self.args.retain_loss == "nll":
-            return nll, {"retain_nll": nll}
-        with self.reference() as ref:
-            ref_logits = self.forward_logits(ref, retain)
-        return losses.kl_divergence(logits, ref_logits, retain["labels"]), {"retain_nll": nll}
-
-    def retain_normalization(self) -> str:
-        return "tokens"
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
-        forget_loss, metrics = self.compute_forget_loss(model, inputs)
-        micro = dict(zip(COUNT_KEYS, self._micro_counts(inputs)))
-        forget_key = f"forget_{self.forget_normalization}"
-        loss = self.args.forget_weight * forget_loss * self._share(micro[forget_key], num_items_in_batch, forget_key)
-        metrics = {"forget_loss": forget_loss, **metrics}
-        if self.args.retain_loss != "none":
-            retain_loss, retain_metrics = self.compute_retain_loss(model, inputs["retain"])
-            retain_key = f"retain_{self.retain_normalization()}"
-            loss = loss + self.args.retain_weight * retain_loss * self._share(
-                micro[retain_key], num_items_in_batch, retain_key
-            )
-            metrics.update({"retain_loss": retain_loss, **retain_metrics})
-        if mode == "train":
-            self._check_finite(loss, metrics)
-        self._record(mode, metrics)
-        return (loss, None) if return_outputs else loss
+    # ------------------------------------------------------------------ metrics and the guard
 
     def _check_finite(self, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
         finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -559,12 +216,6 @@ class UnlearningTrainer(Trainer):
         for name, value in zip(names, values):
             self._metrics[mode][name].append(value)
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(self._attach_retain(inputs, epoch=0))
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
@@ -584,29 +235,22 @@ class UnlearningTrainer(Trainer):
         super().log(logs, start_time)
         self._metrics[mode].clear()
 
-
-@torch.no_grad()
-def detached_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean NLL for logging only: no autograd graph is kept for it."""
-    log_probs, mask = losses.token_log_probs(logits.detach(), labels)
-    return -losses.masked_mean(log_probs, mask)
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        if not hasattr(self, "_num_non_embedding_params"):
+            self._num_non_embedding_params = unwrap_model(self.model).num_parameters(exclude_embeddings=True)
+        tokens = sum(v.numel() for k, v in _flatten(inputs) if k.endswith("input_ids"))
+        return 6 * self._num_non_embedding_params * tokens
 
 
 def _mean(values: list[torch.Tensor]) -> float:
     return torch.stack(values).float().mean().item()
 
 
-def _disable_dropout(model: nn.Module) -> None:
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability of ``model`` to 0."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-
-
-def unwrap_model_with_adapter(model: nn.Module) -> nn.Module:
-    """Strip DDP/FSDP wrappers but keep the PEFT model (which owns ``disable_adapter``)."""
-    while isinstance(getattr(model, "module", None), nn.Module) and not hasattr(model, "disable_adapter"):
-        model = model.module
-    return model
 
 
 def _flatten(inputs: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from .base import UnlearningConfig, UnlearningTrainer
+from .unlearning import UnlearningConfig, UnlearningTrainer
 
 
 @dataclass

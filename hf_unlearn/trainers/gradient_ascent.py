@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import losses
-from .base import UnlearningConfig, UnlearningTrainer
+from .unlearning import UnlearningConfig, UnlearningTrainer
 
 
 def forget_nll(

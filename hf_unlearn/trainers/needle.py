@@ -68,8 +68,8 @@ from torch import nn
 from ..architectures import decoder_layers, mlp_out_module, unwrap_model, value_vectors_view
 from ..concepts.ablation import ablate_concept_vector
 from ..concepts.records import ConceptVector
-from .base import UnlearningConfig, UnlearningTrainer
 from .gradient_ascent import forget_nll
+from .unlearning import UnlearningConfig, UnlearningTrainer
 
 #: attribute under which the trained vectors are attached to the model while ``train()`` runs.
 NEEDLE_MODULE = "hf_unlearn_needle"

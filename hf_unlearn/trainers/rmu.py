@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import losses
 from ..architectures import decoder_layers, mlp_out_module, unwrap_model
-from .base import UnlearningConfig, UnlearningTrainer
+from .unlearning import UnlearningConfig, UnlearningTrainer
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import losses
-from .base import UnlearningConfig, UnlearningTrainer, detached_nll
+from .unlearning import UnlearningConfig, UnlearningTrainer, detached_nll
 
 
 @dataclass
