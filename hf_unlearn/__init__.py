@@ -18,6 +18,10 @@ from .concepts import (
 from .dissect import activation_patching, knowledge_recovery_score, parameter_restoration
 from .early_exit import EarlyExitConfig, EarlyExitForCausalLM
 from .trainers import (
+    ConsistentEEConfig,
+    ConsistentEETrainer,
+    EarlyExitTrainer,
+    EarlyExitTrainingConfig,
     GradAscentConfig,
     GradAscentTrainer,
     GradDiffConfig,
@@ -40,6 +44,7 @@ from .trainers import (
     UnlearningTrainer,
     WGAConfig,
     WGATrainer,
+    add_memorized_layers,
 )
 
 __version__ = "0.1.0"
@@ -47,8 +52,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchitectureAdapter",
     "ConceptVector",
+    "ConsistentEEConfig",
+    "ConsistentEETrainer",
     "EarlyExitConfig",
     "EarlyExitForCausalLM",
+    "EarlyExitTrainer",
+    "EarlyExitTrainingConfig",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",
@@ -73,6 +82,7 @@ __all__ = [
     "WGATrainer",
     "ablate_concept_vector",
     "activation_patching",
+    "add_memorized_layers",
     "audit_concept_vectors",
     "get_adapter",
     "knowledge_recovery_score",

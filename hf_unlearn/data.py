@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -211,12 +211,13 @@ class UnlearningCollator:
     """Right-pads every ``*input_ids`` / ``*attention_mask`` / ``*labels`` group of the features.
 
     The tokenizer's attention mask is kept as is (never rebuilt from ``input_ids != pad``, which would mask real
-    EOS tokens when pad = EOS). Other numeric columns (``example_index``, precomputed reference log-probs) are
-    stacked into tensors.
+    EOS tokens when pad = EOS). Other per-token columns are padded with the value ``extra_padding`` gives them;
+    numeric columns (``example_index``, precomputed reference log-probs) are stacked into tensors.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    extra_padding: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
@@ -231,6 +232,8 @@ class UnlearningCollator:
                     else IGNORE_INDEX
                 )
                 batch[key] = self._pad(values, pad_value)
+            elif key in self.extra_padding:
+                batch[key] = self._pad(values, self.extra_padding[key])
             elif isinstance(values[0], (int, float, bool)) or torch.is_tensor(values[0]):
                 batch[key] = torch.as_tensor(values)
         return batch

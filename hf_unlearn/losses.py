@@ -1,4 +1,4 @@
-"""Pure tensor functions for the unlearning objectives.
+"""Pure tensor functions for the unlearning and early-exit objectives.
 
 Conventions (the Hugging Face causal-LM ones):
 
@@ -21,11 +21,16 @@ IGNORE_INDEX = -100
 
 __all__ = [
     "IGNORE_INDEX",
+    "consistentee_rewards",
     "dpo_loss",
+    "early_exit_loss",
     "embedding_mse",
+    "exit_layer_weights",
     "kl_divergence",
     "masked_mean",
+    "memorized_layers",
     "npo_loss",
+    "reinforce_loss",
     "satimp_loss",
     "sequence_log_probs",
     "shift_labels",
@@ -175,6 +180,102 @@ def embedding_mse(hidden: torch.Tensor, target: torch.Tensor, attention_mask: to
     mask = attention_mask.to(per_token.dtype)
     per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_sequence.mean()
+
+
+def exit_layer_weights(exit_layers: list[int], weighting: str = "depth") -> torch.Tensor:
+    """Weights of the exits in the multi-exit loss, summing to 1: ``"uniform"``, or ``"depth"`` (∝ the exit layer,
+    as PABEE and ConsistentEE's first stage: ``w_k = k / Σ_j j``)."""
+    layers = torch.tensor(exit_layers, dtype=torch.float32)
+    if weighting == "uniform":
+        weights = torch.ones_like(layers)
+    elif weighting == "depth":
+        weights = layers
+    else:
+        raise ValueError(f"exit weighting {weighting!r} is unknown; choose 'uniform' or 'depth'")
+    return weights / weights.sum()
+
+
+def early_exit_loss(exit_token_losses: torch.Tensor, weights: torch.Tensor, num_items: torch.Tensor | float):
+    """Weighted multi-exit loss ``Σ_k w_k · (1/N) Σ_t l_{k,t}``.
+
+    ``exit_token_losses`` is ``(num_exits, ...)`` with unscored positions already 0; ``N`` is the number of scored
+    tokens (of the whole optimizer step, so that gradient accumulation gives the full-batch update).
+    """
+    per_exit = exit_token_losses.flatten(1).sum(-1)
+    return (weights.to(per_exit) * per_exit).sum() / num_items
+
+
+def memorized_layers(exit_correct: torch.Tensor, exit_layers: list[int]) -> torch.Tensor:
+    """ConsistentEE's memorized layer of each token: the shallowest exit from which every deeper exit predicts it.
+
+    ``m = min{ l : argmax f_k = y for every exit k ≥ l }``, and ``m = L`` (the last exit) when the last exit is
+    wrong. ``exit_correct`` is ``(num_exits, ...)`` in the order of ``exit_layers`` (ascending, last = L).
+    """
+    if exit_correct.shape[0] != len(exit_layers):
+        raise ValueError(f"exit_correct has {exit_correct.shape[0]} exits, exit_layers {len(exit_layers)}")
+    # correct from exit j to the last one: a reversed running AND.
+    suffix = exit_correct.flip(0).int().cumprod(0).flip(0).bool()
+    # argmax returns the first maximum: the shallowest exit of the all-correct suffix.
+    first = torch.where(suffix.any(0), suffix.int().argmax(0), len(exit_layers) - 1)
+    return torch.tensor(exit_layers, device=exit_correct.device)[first]
+
+
+def consistentee_rewards(
+    exit_losses: torch.Tensor,
+    exit_layers: torch.Tensor,
+    memorized: torch.Tensor,
+    num_layers: int,
+    cost_coefficient: float,
+    cost_shape: str = "layers",
+    accuracy_weight: float = 1.0,
+) -> torch.Tensor:
+    """ConsistentEE's terminal reward of each token: ``R = -a · CE_e - c · (1 - m/L) · cost(e)``.
+
+    ``exit_losses`` is the cross-entropy of the token's exit, ``exit_layers`` its exit layer ``e`` and
+    ``memorized`` its memorized layer ``m`` (all the same shape, aligned: the same token in each). ``cost(e)`` is
+    ``e`` (``"layers"``), ``e / L`` (``"fraction"``) or ``log e`` (``"log"``). Easy tokens (small ``m``) pay the full
+    depth cost; tokens the model never gets right (``m = L``) are scored on accuracy alone.
+    """
+    depth = exit_layers.to(exit_losses.dtype)
+    if cost_shape == "layers":
+        cost = depth
+    elif cost_shape == "fraction":
+        cost = depth / num_layers
+    elif cost_shape == "log":
+        cost = depth.log()
+    else:
+        raise ValueError(f"cost_shape {cost_shape!r} is unknown; choose 'layers', 'fraction' or 'log'")
+    hardness_weight = 1.0 - memorized.to(exit_losses.dtype) / num_layers
+    return -accuracy_weight * exit_losses - cost_coefficient * hardness_weight * cost
+
+
+def reinforce_loss(
+    rewards: torch.Tensor,
+    log_probs: torch.Tensor,
+    mask: torch.Tensor,
+    baseline: str = "mean",
+    num_items: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """REINFORCE over ``K`` rollouts of the same tokens: ``L = -(1/(N·K)) Σ_i Σ_k (R_ik - b_ik) · log P(e_ik)``.
+
+    ``rewards``, ``log_probs`` and ``mask`` are ``(K, ...)``: rollout ``k`` of token ``i`` at ``[k, i]``. The
+    baseline is the mean reward over the ``K`` rollouts of the token (``"mean"``, ConsistentEE) or over the other
+    ``K - 1`` (``"leave_one_out"``, RLOO, unbiased). ``N`` defaults to the number of scored tokens.
+    """
+    num_rollouts = rewards.shape[0]
+    if num_rollouts < 2:
+        raise ValueError("REINFORCE with a group baseline needs at least 2 rollouts per token")
+    total = rewards.sum(0, keepdim=True)
+    if baseline == "mean":
+        base = total / num_rollouts
+    elif baseline == "leave_one_out":
+        base = (total - rewards) / (num_rollouts - 1)
+    else:
+        raise ValueError(f"baseline {baseline!r} is unknown; choose 'mean' or 'leave_one_out'")
+    advantage = (rewards - base).detach() * mask
+    if num_items is None:
+        num_items = mask[0].sum().clamp(min=1)
+    return -(advantage * log_probs).sum() / (num_items * num_rollouts)
 
 
 def _check_beta(beta: float) -> None:

@@ -47,7 +47,16 @@ class EarlyExitCausalLMOutput(CausalLMOutputWithPast):
     exit_correct (`torch.BoolTensor` of shape `(num_exits, batch_size, sequence_length - 1)`, *optional*):
         Whether each exit's top-1 token equals the label, when labels are given.
     policy_probs (`torch.FloatTensor` of shape `(num_exits - 1, batch_size, sequence_length)`, *optional*):
-        The policy's exit probability at every internal exit, in the all-exits pass.
+        The policy's exit probability at every internal exit, in the all-exits pass (with sampled exits: where it
+        was evaluated, 0 elsewhere).
+    exit_log_probs (`torch.FloatTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        With sampled exits: log-probability under the policy of each position's exit trajectory,
+        `log p_e + sum_{j<e} log(1 - p_j)` over the exits it passed (0 for positions that did not decide).
+    exit_token_losses (`torch.FloatTensor` of shape `(batch_size, sequence_length - 1)`, *optional*):
+        With forced or sampled exits and labels: the cross-entropy at each position's own exit for the next token
+        (position t scores label t + 1).
+    exit_token_correct (`torch.BoolTensor` of shape `(batch_size, sequence_length - 1)`, *optional*):
+        Whether that exit's top-1 token equals the label.
     """
 
     exit_layers: torch.LongTensor | None = None
@@ -55,6 +64,9 @@ class EarlyExitCausalLMOutput(CausalLMOutputWithPast):
     exit_losses: torch.FloatTensor | None = None
     exit_correct: torch.BoolTensor | None = None
     policy_probs: torch.FloatTensor | None = None
+    exit_log_probs: torch.FloatTensor | None = None
+    exit_token_losses: torch.FloatTensor | None = None
+    exit_token_correct: torch.BoolTensor | None = None
 
 
 class ExitStatistics:
@@ -388,6 +400,10 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output_all_exits: bool | None = None,
         exit_all_positions: bool = False,
         forced_exit_layers: torch.LongTensor | None = None,
+        sample_exits: bool = False,
+        exit_epsilon: float = 0.0,
+        self_distill: bool = False,
+        teacher_logits: torch.Tensor | None = None,
         exit_strategy: str | None = None,
         policy_threshold: float | None = None,
         confidence_threshold: float | None = None,
@@ -407,6 +423,17 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         forced_exit_layers (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             In the all-exits pass, freeze each position at this exit layer: deeper layers see its exit state (the
             key/value fill rule of inference), so training simulates the inference of these exit decisions.
+        sample_exits (`bool`, *optional*, defaults to `False`):
+            In the all-exits pass, sample each position's exit from the policy (exit at layer k with probability
+            `p_k`), freezing it there as `forced_exit_layers` does; returns the trajectory log-probabilities. With
+            labels, prompt positions (label -100) run at full depth, as in generation.
+        exit_epsilon (`float`, *optional*, defaults to `0.0`):
+            With `sample_exits`, the chance of replacing the sampled action by a coin flip (exploration).
+        self_distill (`bool`, *optional*, defaults to `False`):
+            In the all-exits pass, score every exit against this pass's own last exit (the full model's
+            distribution) instead of the labels; labels, if given, only select the scored positions.
+        teacher_logits (`torch.Tensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+            Like `self_distill`, with the target distribution given (e.g. the model before LoRA adaptation).
         exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer:
             Override the config's inference settings for this call (also through `generate(...)`).
         """
@@ -432,8 +459,15 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             check_exit_settings(self.config, **settings)
 
         all_exits = output_all_exits if output_all_exits is not None else (labels is not None and self.training)
-        if forced_exit_layers is not None and not all_exits:
-            raise ValueError("forced_exit_layers applies to the all-exits pass: pass output_all_exits=True")
+        if (forced_exit_layers is not None or sample_exits or self_distill or teacher_logits is not None) and (
+            not all_exits
+        ):
+            raise ValueError(
+                "forced_exit_layers, sample_exits, self_distill and teacher_logits apply to the all-exits pass: "
+                "pass output_all_exits=True"
+            )
+        if self_distill and teacher_logits is not None:
+            raise ValueError("pass either self_distill=True or teacher_logits, not both")
         if use_cache is None:
             use_cache = bool(getattr(self.config, "use_cache", True)) and not all_exits
         if use_cache and cache is None:
@@ -451,7 +485,10 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         walk = (masks, position_embeddings, position_ids, cache, use_cache)
 
         if all_exits:
-            output = self._forward_all_exits(hidden, walk, labels, forced_exit_layers, attention_mask)
+            teacher = "final" if self_distill else teacher_logits
+            output = self._forward_all_exits(
+                hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher
+            )
         elif settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions):
             output = self._forward_with_exits(hidden, walk, settings, attention_mask)
         else:
@@ -472,69 +509,58 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         exit_layers = torch.full(hidden.shape[:2], self._depth, device=hidden.device)
         return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
 
-    def _forward_all_exits(self, hidden, walk, labels, forced_exit_layers, attention_mask) -> EarlyExitCausalLMOutput:
+    def _forward_all_exits(
+        self, hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher
+    ) -> EarlyExitCausalLMOutput:
+        if forced_exit_layers is not None or sample_exits:
+            return self._forward_decided_exits(
+                hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon
+            )
         masks, position_embeddings, position_ids, cache, use_cache = walk
-        depth = self._depth
         exits = self.config.all_exits
-        running = None
-        if forced_exit_layers is not None:
-            if forced_exit_layers.shape != hidden.shape[:2]:
-                raise ValueError(
-                    f"forced_exit_layers has shape {tuple(forced_exit_layers.shape)}; it needs one exit layer per "
-                    f"position, {tuple(hidden.shape[:2])}"
-                )
-            if not torch.isin(forced_exit_layers, torch.tensor(exits, device=hidden.device)).all():
-                raise ValueError(f"forced_exit_layers must hold exit layers only: {exits}")
-            running = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         states = {}
         for index, layer in enumerate(self._layers()):
-            new = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
-            hidden = new if running is None else torch.where(running.unsqueeze(-1), new, hidden)
+            hidden = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
             if index + 1 in exits:
                 states[index + 1] = hidden
-                if running is not None:
-                    running = running & (forced_exit_layers != index + 1)
-
         policy_probs = (
             torch.stack([self.exit_probability(states[k], k) for k in self.config.exit_layers])
             if self.config.exit_layers
             else None
         )
-        exit_layers = (
-            forced_exit_layers
-            if forced_exit_layers is not None
-            else torch.full(hidden.shape[:2], depth, device=hidden.device)
-        )
-        if labels is None:
+        exit_layers = torch.full(hidden.shape[:2], self._depth, device=hidden.device)
+        if labels is None and teacher is None:
             exit_logits = tuple(self.exit_logits(states[k], k) for k in exits)
-            logits = exit_logits[-1]
-            if forced_exit_layers is not None:
-                logits = torch.zeros_like(logits)
-                for k, layer_logits in zip(exits, exit_logits):
-                    logits = torch.where((forced_exit_layers == k).unsqueeze(-1), layer_logits, logits)
             return EarlyExitCausalLMOutput(
-                logits=logits, exit_logits=exit_logits, policy_probs=policy_probs, exit_layers=exit_layers
+                logits=exit_logits[-1], exit_logits=exit_logits, policy_probs=policy_probs, exit_layers=exit_layers
             )
-
-        targets = labels[:, 1:]
+        if isinstance(teacher, str):  # "final": this pass's own last exit, fixed
+            with torch.no_grad():
+                teacher = self.exit_logits(states[self._depth], self._depth)
+        if teacher is not None:
+            soft = torch.softmax(teacher[:, :-1].detach().float(), dim=-1)
+            targets = soft.argmax(-1)
+            if labels is not None:
+                mask = labels[:, 1:] != IGNORE_INDEX
+            elif attention_mask is not None:
+                mask = attention_mask[:, 1:].bool()
+            else:
+                mask = torch.ones_like(targets, dtype=torch.bool)
+            targets = targets.masked_fill(~mask, IGNORE_INDEX)
+        else:
+            soft, targets = None, labels[:, 1:]
+            mask = targets != IGNORE_INDEX
         losses, correct = [], []
         for k in exits:
             # Recomputed in backward: the logits of all exits would not fit in memory at once.
             if torch.is_grad_enabled() and states[k].requires_grad:
-                loss, hit = checkpoint(self._exit_token_loss, states[k], k, targets, use_reentrant=False)
+                loss, hit = checkpoint(self._exit_token_loss, states[k][:, :-1], k, targets, soft, use_reentrant=False)
             else:
-                loss, hit = self._exit_token_loss(states[k], k, targets)
-            losses.append(loss)
-            correct.append(hit)
+                loss, hit = self._exit_token_loss(states[k][:, :-1], k, targets, soft)
+            losses.append(loss * mask)
+            correct.append(hit & mask)
         exit_losses, exit_correct = torch.stack(losses), torch.stack(correct)
-        mask = targets != IGNORE_INDEX
-        if forced_exit_layers is not None:
-            layers = torch.tensor(exits, device=mask.device).view(-1, 1, 1)
-            chosen = forced_exit_layers[:, :-1].unsqueeze(0) == layers
-            per_token = (exit_losses * chosen).sum(0)
-        else:
-            per_token = exit_losses.mean(0)
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        loss = exit_losses.sum(dim=(1, 2)).mean() / mask.sum().clamp(min=1)
         return EarlyExitCausalLMOutput(
             loss=loss,
             exit_losses=exit_losses,
@@ -543,10 +569,103 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             exit_layers=exit_layers,
         )
 
-    def _exit_token_loss(self, hidden: torch.Tensor, layer: int, targets: torch.Tensor):
-        logits = self.exit_logits(hidden[:, :-1], layer).float()
-        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-        return loss, logits.argmax(-1) == targets
+    def _forward_decided_exits(
+        self, hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon
+    ) -> EarlyExitCausalLMOutput:
+        """Teacher-forced pass in which each position exits at one layer (given, or sampled from the policy) and is
+        frozen there: deeper layers see its exit state, which writes the fill rule's keys/values into their cache
+        entries, exactly as in inference."""
+        masks, position_embeddings, position_ids, cache, use_cache = walk
+        depth = self._depth
+        exits = self.config.all_exits
+        batch, length = hidden.shape[:2]
+        device = hidden.device
+        if forced_exit_layers is not None:
+            if sample_exits:
+                raise ValueError("pass either forced_exit_layers or sample_exits=True, not both")
+            if forced_exit_layers.shape != (batch, length):
+                raise ValueError(
+                    f"forced_exit_layers has shape {tuple(forced_exit_layers.shape)}; it needs one exit layer per "
+                    f"position, {(batch, length)}"
+                )
+            if not torch.isin(forced_exit_layers, torch.tensor(exits, device=device)).all():
+                raise ValueError(f"forced_exit_layers must hold exit layers only: {exits}")
+        if labels is not None:
+            targets = labels[:, 1:]
+            # A position decides when its own token is generated text (scored) and it has a next token to score:
+            # prompt tokens run at full depth, as they do in generation.
+            deciding = torch.zeros(batch, length, dtype=torch.bool, device=device)
+            deciding[:, :-1] = (labels[:, :-1] != IGNORE_INDEX) & (targets != IGNORE_INDEX)
+        else:
+            targets = None
+            deciding = torch.ones(batch, length, dtype=torch.bool, device=device)
+            if attention_mask is not None and attention_mask.dim() == 2:
+                deciding &= attention_mask[:, -length:].bool()
+        running = torch.ones(batch, length, dtype=torch.bool, device=device)
+        exit_layers = torch.full((batch, length), depth, device=device)
+        log_probs = torch.zeros(batch, length, device=device)
+        policy_probs = torch.zeros(len(self.config.exit_layers), batch, length, device=device)
+        token_losses = torch.zeros(batch, max(length - 1, 0), device=device)
+        token_correct = torch.zeros(batch, max(length - 1, 0), dtype=torch.bool, device=device)
+        logits_out = None
+        for index, layer in enumerate(self._layers()):
+            new = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
+            hidden = torch.where(running.unsqueeze(-1), new, hidden)
+            k = index + 1
+            if k not in exits:
+                continue
+            if k == depth:
+                now = running
+            elif sample_exits:
+                probs = self.exit_probability(hidden, k)
+                policy_probs[self._exit_index[k]] = probs.detach()
+                action = torch.rand_like(probs) < probs.detach()
+                if exit_epsilon > 0:
+                    explore = torch.rand_like(probs) < exit_epsilon
+                    action = torch.where(explore, torch.rand_like(probs) < 0.5, action)
+                live = running & deciding
+                chosen = torch.where(action, probs, 1 - probs).clamp(1e-6, 1 - 1e-6).log()
+                log_probs = log_probs + torch.where(live, chosen, torch.zeros_like(chosen))
+                now = live & action
+            else:
+                now = running & (forced_exit_layers == k)
+            if not bool(now.any()):
+                continue
+            exit_layers = torch.where(now, k, exit_layers)
+            running = running & ~now
+            if targets is None:
+                rows = now.nonzero(as_tuple=True)
+                layer_logits = self.exit_logits(hidden[rows], k)
+                if logits_out is None:
+                    logits_out = layer_logits.new_zeros(batch, length, layer_logits.shape[-1])
+                logits_out = logits_out.index_put(rows, layer_logits)
+                continue
+            rows = now[:, :-1].nonzero(as_tuple=True)
+            if rows[0].numel():
+                loss, hit = self._exit_token_loss(hidden[:, :-1][rows], k, targets[rows], None)
+                token_losses = token_losses.index_put(rows, loss)
+                token_correct = token_correct.index_put(rows, hit)
+        output = EarlyExitCausalLMOutput(
+            exit_layers=exit_layers, exit_log_probs=log_probs, policy_probs=policy_probs if sample_exits else None
+        )
+        if targets is None:
+            output.logits = logits_out
+            return output
+        mask = targets != IGNORE_INDEX
+        output.exit_token_losses = token_losses * mask
+        output.exit_token_correct = token_correct & mask
+        output.loss = output.exit_token_losses.sum() / mask.sum().clamp(min=1)
+        return output
+
+    def _exit_token_loss(self, hidden: torch.Tensor, layer: int, targets: torch.Tensor, soft: torch.Tensor | None):
+        """Cross-entropy (float32) of the exit at ``layer`` against hard targets or a soft target distribution."""
+        logits = self.exit_logits(hidden, layer).float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        hit = logits.argmax(-1) == targets
+        if soft is not None:
+            return -(soft * log_probs).sum(-1), hit
+        safe = targets.clamp(min=0).unsqueeze(-1)
+        return -log_probs.gather(-1, safe).squeeze(-1) * (targets != IGNORE_INDEX), hit
 
     def _forward_with_exits(self, hidden, walk, settings, attention_mask) -> EarlyExitCausalLMOutput:
         masks, position_embeddings, position_ids, cache, use_cache = walk

@@ -1,7 +1,9 @@
 """hf_unlearn's trainers: one ``XConfig`` + ``XTrainer`` per method, TRL style."""
 
 from .base import BaseConfig, BaseTrainer
+from .consistentee import ConsistentEEConfig, ConsistentEETrainer, add_memorized_layers
 from .dpo import IdkDPOConfig, IdkDPOTrainer
+from .early_exit import EarlyExitTrainer, EarlyExitTrainingConfig
 from .gradient_ascent import GradAscentConfig, GradAscentTrainer, GradDiffConfig, GradDiffTrainer
 from .needle import NeedleConfig, NeedleTrainer
 from .npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
@@ -13,6 +15,10 @@ from .weighted_ascent import SatImpConfig, SatImpTrainer, WGAConfig, WGATrainer
 __all__ = [
     "BaseConfig",
     "BaseTrainer",
+    "ConsistentEEConfig",
+    "ConsistentEETrainer",
+    "EarlyExitTrainer",
+    "EarlyExitTrainingConfig",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",
@@ -35,4 +41,5 @@ __all__ = [
     "UnlearningTrainer",
     "WGAConfig",
     "WGATrainer",
+    "add_memorized_layers",
 ]

@@ -121,7 +121,7 @@ class BaseTrainer(Trainer):
 
         train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset, processing_class, args)
         if data_collator is None:
-            data_collator = UnlearningCollator(processing_class.pad_token_id, args.pad_to_multiple_of)
+            data_collator = self._default_collator(processing_class, args)
         super().__init__(
             model=model,
             args=args,
@@ -183,6 +183,9 @@ class BaseTrainer(Trainer):
 
     def _configure_model(self, model: nn.Module, args: BaseConfig) -> None:
         """Hook for methods that change which parameters train."""
+
+    def _default_collator(self, processing_class, args: BaseConfig) -> UnlearningCollator:
+        return UnlearningCollator(processing_class.pad_token_id, args.pad_to_multiple_of)
 
     def _prepare_datasets(self, train_dataset, eval_dataset, processing_class, args) -> tuple[Any, Any]:
         """Validate and tokenise the datasets (each subclass knows its formats)."""
