@@ -347,3 +347,98 @@ def test_consistentee_exits_easy_tokens_earlier_than_hard_ones(task_backbone, to
     assert easy + 1.0 < hard, (easy, hard)
     predictions = out.logits[:, :-1].argmax(-1)
     assert (predictions == test[:, 1:])[:, label_kinds == EASY].float().mean() > 0.95
+
+
+# ---------------------------------------------------------------------------------------------- lossless mode
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(exit_strategy="fixed", fixed_exit_layer=1),
+        dict(exit_strategy="confidence", confidence_threshold=0.8),
+        dict(exit_strategy="entropy", entropy_threshold=0.8),
+        dict(exit_strategy="patience", patience=2),
+        dict(exit_strategy="policy"),
+    ],
+)
+def test_lossless_mode_equals_the_full_models_greedy_output(tokenizer, kind, settings):
+    backbone = trained_tiny(tokenizer, kind, steps=60, layers=4).eval()
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, policy_trained=True).eval()
+    with torch.no_grad():
+        for p in model.early_exit.policy.parameters():
+            p.normal_(std=0.5)
+    for text in ["harry potter studied at", "the capital city of", "the cat"]:
+        ids = tokenizer([text], return_tensors="pt")["input_ids"]
+        expected = backbone.generate(ids, max_new_tokens=15, do_sample=False, eos_token_id=[], pad_token_id=0)
+        for drafts in (1, 3):
+            out = model.generate_lossless(ids, max_new_tokens=15, num_draft_tokens=drafts, eos_token_id=[], **settings)
+            assert torch.equal(out.sequences, expected), (text, drafts)
+            assert out.accepted_tokens <= out.draft_tokens and out.rounds > 0
+
+
+def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer):
+    backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4).eval()
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
+    calls = [0] * 4
+    hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, layer in enumerate(model._layers())]
+    ids = tokenizer(["harry potter studied at"], return_tensors="pt")["input_ids"]
+    try:
+        out = model.generate_lossless(ids, max_new_tokens=9, num_draft_tokens=4, eos_token_id=[],
+                                      exit_strategy="fixed", fixed_exit_layer=2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # Lower layers: the prompt, then every draft token; upper layers: the prompt, then one verify pass per round.
+    assert calls[0] == calls[1] == 1 + out.draft_tokens
+    assert calls[2] == calls[3] == 1 + out.rounds
+    full = backbone.generate(ids, max_new_tokens=9, do_sample=False, eos_token_id=[], pad_token_id=0)
+    stop = int(full[0, ids.shape[1] + 2])
+    stopped = model.generate_lossless(ids, max_new_tokens=9, eos_token_id=stop, exit_strategy="fixed",
+                                      fixed_exit_layer=2)
+    assert int(stopped.sequences[0, -1]) == stop and stopped.sequences.shape[1] <= ids.shape[1] + 3
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        model.generate_lossless(torch.cat([ids, ids]), exit_strategy="fixed", fixed_exit_layer=2)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate_exits
+
+
+def test_evaluate_exits_reports_what_the_model_does(tokenizer, tmp_path):
+    from hf_unlearn.early_exit import evaluate_exits
+
+    backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4).eval()
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
+    prompts = ["harry potter studied at", "the capital city of"]
+    table = evaluate_exits(model, tokenizer, prompts, {"fixed": [2, 4], "confidence": [0.9]},
+                           held_out_texts=RETAIN_TEXTS[:3], max_new_tokens=6, lossless=True, disable_tqdm=True)
+    rows = {row["point"]: row for row in table.rows}
+    assert rows["fixed=4"]["agreement"] == 1.0 and rows["fixed=4"]["mean_exit_layer"] == 4.0
+    assert rows["fixed=2"]["mean_exit_layer"] == 2.0 and rows["fixed=2"]["layer_speedup"] == 2.0
+    # Independent: layers 1-2 are computed exactly at every position, so the fixed-2 exit sees the backbone's
+    # own layer-2 states on the full model's continuation.
+    same = total = 0
+    for prompt in prompts:
+        ids = tokenizer([prompt], return_tensors="pt")["input_ids"]
+        reference = backbone.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=[], pad_token_id=0)
+        captured = {}
+        hook = model._layers()[1].register_forward_hook(lambda m, a, o, store=captured: store.setdefault("h", o))
+        with torch.no_grad():
+            backbone(reference)
+        hook.remove()
+        start = ids.shape[1]
+        predicted = backbone.lm_head(backbone.model.norm(captured["h"]))[0, start:-1].argmax(-1)
+        same += int((predicted == reference[0, start + 1:]).sum())
+        total += predicted.numel()
+    assert rows["fixed=2"]["agreement"] == pytest.approx(same / total)
+    assert rows["full model"]["perplexity"] == pytest.approx(rows["fixed=4"]["perplexity"], rel=1e-5)
+    lossless = [row for row in table.rows if row["strategy"] == "lossless"]
+    assert len(lossless) == 3 and all(row["generation_agreement"] == 1.0 for row in lossless)
+    assert all(row["tokens_per_s"] > 0 for row in table.rows)
+    table.plot(tmp_path / "exits.png")
+    table.to_json(tmp_path / "exits.json")
+    assert (tmp_path / "exits.png").stat().st_size > 1000 and "| fixed=2 |" in table.to_markdown()
+    with pytest.raises(ValueError, match="unknown strategy 'fast'"):
+        evaluate_exits(model, tokenizer, prompts, {"fast": [1]})

@@ -8,7 +8,13 @@ Example:
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration_early_exit import EXIT_STRATEGIES, EarlyExitConfig
-from .modeling_early_exit import EarlyExitCausalLMOutput, EarlyExitForCausalLM, ExitStatistics
+from .evaluation import ExitEvaluation, evaluate_exits
+from .modeling_early_exit import (
+    EarlyExitCausalLMOutput,
+    EarlyExitForCausalLM,
+    ExitStatistics,
+    LosslessGenerationOutput,
+)
 from .shortlist import token_shortlist
 
 AutoConfig.register(EarlyExitConfig.model_type, EarlyExitConfig, exist_ok=True)
@@ -22,6 +28,9 @@ __all__ = [
     "EarlyExitCausalLMOutput",
     "EarlyExitConfig",
     "EarlyExitForCausalLM",
+    "ExitEvaluation",
     "ExitStatistics",
+    "LosslessGenerationOutput",
+    "evaluate_exits",
     "token_shortlist",
 ]

@@ -303,24 +303,26 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         dropout = self._part("embed_dropout")
         return dropout(hidden) if dropout is not None else hidden
 
-    def _attention_masks(self, hidden, attention_mask, cache, position_ids) -> list[Any]:
-        """One mask per layer, by the layer's attention type (full or sliding window)."""
+    def _attention_masks(self, hidden, attention_mask, cache, position_ids, first_layer: int = 0) -> list[Any]:
+        """One mask per layer, by the layer's attention type (full or sliding window). With ``first_layer`` > 0 the
+        masks are sized against that layer's cache (the lower layers may already hold the new positions)."""
         config = self.config.backbone_config
         layer_types = self._layer_types
         if isinstance(attention_mask, dict):
             return [attention_mask[kind] for kind in layer_types]
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        masks = {
-            kind: builders[kind](
+        masks = {}
+        for kind in set(layer_types[first_layer:]):
+            sized = {"layer_idx": layer_types.index(kind, first_layer)} if first_layer else {}
+            masks[kind] = builders[kind](
                 config=config,
                 inputs_embeds=hidden,
                 attention_mask=attention_mask,
                 cache=cache,
                 position_ids=position_ids,
+                **sized,
             )
-            for kind in set(layer_types)
-        }
-        return [masks[kind] for kind in layer_types]
+        return [masks.get(kind) for kind in layer_types]
 
     def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache) -> torch.Tensor:
         kwargs = {"position_embeddings": position_embeddings} if position_embeddings is not None else {}
@@ -500,10 +502,12 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output.cache = cache if use_cache else None
         return output
 
-    def _forward_full(self, hidden, walk, logits_to_keep) -> EarlyExitCausalLMOutput:
+    def _forward_full(self, hidden, walk, logits_to_keep, states=None) -> EarlyExitCausalLMOutput:
         masks, position_embeddings, position_ids, cache, use_cache = walk
         for index, layer in enumerate(self._layers()):
             hidden = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
+            if states is not None:
+                states.append(hidden)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.exit_logits(hidden[:, keep], self._depth)
         exit_layers = torch.full(hidden.shape[:2], self._depth, device=hidden.device)
@@ -667,7 +671,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         safe = targets.clamp(min=0).unsqueeze(-1)
         return -log_probs.gather(-1, safe).squeeze(-1) * (targets != IGNORE_INDEX), hit
 
-    def _forward_with_exits(self, hidden, walk, settings, attention_mask) -> EarlyExitCausalLMOutput:
+    def _forward_with_exits(self, hidden, walk, settings, attention_mask, states=None) -> EarlyExitCausalLMOutput:
+        """Per-position exits by the strategy; ``states``, if a list, receives the hidden state after each layer
+        that ran."""
         masks, position_embeddings, position_ids, cache, use_cache = walk
         config = self.config
         depth = self._depth
@@ -704,6 +710,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 hidden = new
             else:
                 hidden = torch.where(active.unsqueeze(-1), new, hidden)
+            if states is not None:
+                states.append(hidden)
             k = index + 1
             if k not in internal or not any_active:
                 continue
@@ -766,3 +774,121 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             return log_probs.max(-1).values.exp() > settings["confidence_threshold"]
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         return entropy < settings["entropy_threshold"]
+
+    # ------------------------------------------------------------------ lossless mode
+
+    @torch.no_grad()
+    def generate_lossless(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int = 32,
+        num_draft_tokens: int = 4,
+        eos_token_id: int | list[int] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **exit_overrides,
+    ) -> LosslessGenerationOutput:
+        """Greedy generation that equals the full model's, token for token, using early exits as drafts.
+
+        Self-speculative decoding: draft ``num_draft_tokens`` tokens with the exit strategy (``exit_overrides`` or
+        the config's), then verify them with the full model in one pass and keep the longest agreeing prefix plus
+        the full model's token at the first disagreement. The verify pass reuses the draft's cache for the layers
+        below the shallowest exit of the drafts (computed exactly there) and recomputes only the layers above.
+        One sequence at a time.
+
+        Example:
+            >>> out = model.generate_lossless(input_ids, max_new_tokens=64, exit_strategy="policy")
+            >>> out.sequences, out.accepted_tokens / out.draft_tokens
+        """
+        if input_ids.shape[0] != 1:
+            raise ValueError("generate_lossless runs one sequence at a time (batch size 1), as assisted decoding does")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("generate_lossless takes an unpadded prompt (batch size 1 needs no padding)")
+        if num_draft_tokens < 1 or max_new_tokens < 1:
+            raise ValueError("num_draft_tokens and max_new_tokens must be >= 1")
+        settings = exit_settings(self.config, **exit_overrides)
+        check_exit_settings(self.config, **settings)
+        if eos_token_id is None:
+            eos_token_id = self.generation_config.eos_token_id
+        stops = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        depth = self._depth
+        cache = DynamicCache(config=self.config.backbone_config)
+        out = self(input_ids, cache=cache, use_cache=True, exit_strategy="none")
+        token = out.logits[:, -1:].argmax(-1)
+        generated = [token]
+        drafted = accepted = rounds = 0
+        while sum(t.shape[1] for t in generated) < max_new_tokens and int(token) not in stops:
+            rounds += 1
+            start = cache.get_seq_length()
+            drafts, exits, states = [], [], []
+            current = token
+            for step in range(num_draft_tokens):
+                layer_states: list[torch.Tensor] = []
+                step_out = self._draft_step(current, cache, start + step, settings, layer_states)
+                current = step_out.logits[:, -1:].argmax(-1)
+                drafts.append(current)
+                exits.append(int(step_out.exit_layers[0, -1]))
+                states.append(layer_states)
+            shallowest = min(exits)
+            verify_hidden = torch.cat([layer_states[shallowest - 1] for layer_states in states], dim=1)
+            for index in range(shallowest, depth):
+                cache.layers[index].crop(-num_draft_tokens)
+            position_ids = torch.arange(start, start + num_draft_tokens, device=input_ids.device).unsqueeze(0)
+            full = self._run_layers_from(verify_hidden, shallowest, cache, position_ids)
+            targets = full.argmax(-1)  # (1, num_draft_tokens): the full model's token after each input
+            draft_ids = torch.cat(drafts, dim=1)
+            agree = (targets == draft_ids)[0].int()
+            kept = int(agree.cumprod(0).sum())
+            drafted += num_draft_tokens
+            accepted += kept
+            if kept < num_draft_tokens:
+                new = torch.cat([draft_ids[:, :kept], targets[:, kept : kept + 1]], dim=1)
+                surplus = num_draft_tokens - 1 - kept
+                if surplus:
+                    cache.crop(-surplus)
+            else:
+                new = draft_ids
+            for position in range(new.shape[1]):
+                if int(new[0, position]) in stops:
+                    new = new[:, : position + 1]
+                    break
+            generated.append(new)
+            token = new[:, -1:]
+        sequence = torch.cat([input_ids, *generated], dim=1)[:, : input_ids.shape[1] + max_new_tokens]
+        return LosslessGenerationOutput(
+            sequences=sequence, draft_tokens=drafted, accepted_tokens=accepted, rounds=rounds
+        )
+
+    def _draft_step(self, token, cache, position, settings, states) -> EarlyExitCausalLMOutput:
+        position_ids = torch.tensor([[position]], device=token.device)
+        hidden = self._embed(token, None, position_ids)
+        masks = self._attention_masks(hidden, None, cache, position_ids)
+        rotary = self._part("rotary_emb")
+        embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
+        walk = (masks, embeddings, position_ids, cache, True)
+        if settings["exit_strategy"] == "none":
+            output = self._forward_full(hidden, walk, 0, states)
+        else:
+            output = self._forward_with_exits(hidden, walk, settings, None, states)
+        return output
+
+    def _run_layers_from(self, hidden, first_layer, cache, position_ids) -> torch.Tensor:
+        """Logits of the full model for ``hidden``, the states after ``first_layer`` layers (the lower layers' cache
+        entries for these positions already in place)."""
+        masks = self._attention_masks(hidden, None, cache, position_ids, first_layer=first_layer)
+        rotary = self._part("rotary_emb")
+        embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
+        layers = self._layers()
+        for index in range(first_layer, self._depth):
+            hidden = self._run_layer(layers[index], hidden, masks[index], embeddings, position_ids, cache, True)
+        return self.exit_logits(hidden, self._depth)
+
+
+@dataclass
+class LosslessGenerationOutput:
+    """Output of [`EarlyExitForCausalLM.generate_lossless`]: the sequences (prompt included) and how the drafts
+    fared."""
+
+    sequences: torch.LongTensor | None = None
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    rounds: int = 0
