@@ -442,3 +442,24 @@ def test_evaluate_exits_reports_what_the_model_does(tokenizer, tmp_path):
     assert (tmp_path / "exits.png").stat().st_size > 1000 and "| fixed=2 |" in table.to_markdown()
     with pytest.raises(ValueError, match="unknown strategy 'fast'"):
         evaluate_exits(model, tokenizer, prompts, {"fast": [1]})
+
+
+def test_exit_losses_over_a_vocabulary_subset(wrapped, tokenizer):
+    batch = tokenizer(FORGET_TEXTS, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        full = wrapped(**batch, labels=labels, output_all_exits=True)
+        everything = wrapped(**batch, labels=labels, output_all_exits=True,
+                             exit_vocabulary=torch.arange(len(tokenizer)))
+        torch.testing.assert_close(everything.exit_losses, full.exit_losses)
+        subset = torch.tensor(sorted(set(labels[labels >= 0].tolist()) | {5, 6, 7}))
+        restricted = wrapped(**batch, labels=labels, output_all_exits=True, exit_vocabulary=subset)
+        logits = wrapped(**batch, output_all_exits=True).exit_logits[0][:, :-1][..., subset]
+        targets = torch.searchsorted(subset, labels[:, 1:].clamp(min=0))
+        expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        expected = expected * (labels[:, 1:] != -100)
+        torch.testing.assert_close(restricted.exit_losses[0], expected, rtol=1e-5, atol=1e-5)
+        distilled = wrapped(**batch, labels=labels, output_all_exits=True, self_distill=True, exit_vocabulary=subset)
+        teacher = torch.softmax(wrapped(**batch, output_all_exits=True).exit_logits[-1][:, :-1][..., subset], -1)
+        expected = -(teacher * torch.log_softmax(logits, -1)).sum(-1) * (labels[:, 1:] != -100)
+        torch.testing.assert_close(distilled.exit_losses[0], expected, rtol=1e-5, atol=1e-5)

@@ -134,6 +134,7 @@ def evaluate_exits(
     num_draft_tokens: int = 4,
     rounds: int = 1,
     measure_speed: bool = True,
+    reference_model=None,
     disable_tqdm: bool = False,
 ) -> ExitEvaluation:
     """Evaluate exit strategies on ``prompts`` (batch 1, greedy): for each strategy value, the mean exit layer,
@@ -146,6 +147,9 @@ def evaluate_exits(
     the patience, or the fixed layer); ``"assistant_early_exit": [k]`` adds transformers' own self-speculative
     decoding on the backbone. With ``lossless=True`` every point also runs :meth:`generate_lossless` with that
     strategy's drafts (its output equals the full model's).
+
+    ``reference_model`` (default: the model's own backbone) is the model whose greedy tokens define agreement and
+    whose ``generate`` is the speed baseline: pass the original model when ``model``'s backbone was adapted (LoRA).
 
     Example:
         >>> table = evaluate_exits(model, tokenizer, prompts, {"confidence": [0.8, 0.9]}, held_out_texts=texts)
@@ -161,7 +165,8 @@ def evaluate_exits(
     # No stop token: every point generates exactly max_new_tokens, so tokens/s compare like with like.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], pad_token_id=pad)
-    full_sequences = [model.backbone.generate(ids, **stop) for ids in encoded]
+    reference = reference_model if reference_model is not None else model.backbone
+    full_sequences = [reference.generate(ids, **stop) for ids in encoded]
     depth = model.config.num_hidden_layers
 
     def run(point: dict) -> list[torch.Tensor]:
@@ -177,7 +182,7 @@ def evaluate_exits(
                 )
                 outputs.append(drafts.sequences)
             elif point.get("baseline"):
-                outputs.append(model.backbone.generate(ids, **stop))
+                outputs.append(reference.generate(ids, **stop))
             else:
                 outputs.append(model.generate(ids, **stop, **point["settings"]))
         return outputs
@@ -205,6 +210,7 @@ def evaluate_exits(
     new_tokens = len(encoded) * max_new_tokens
     base_time = statistics.median(seconds[baseline["point"]])
     rows = []
+    full_agreement = None
     for point in timed:
         row: dict[str, Any] = {"point": point["point"], "strategy": point["strategy"]}
         if "settings" in point:
@@ -222,10 +228,16 @@ def evaluate_exits(
             row["layer_speedup"] = depth / mean_exit
             if held_out_texts:
                 row["perplexity"] = _perplexity(model, tokenizer, held_out_texts, point["settings"])
+        elif point.get("baseline"):
+            row["agreement"] = 1.0
+            if held_out_texts:
+                row["perplexity"] = _perplexity(reference, tokenizer, held_out_texts, None)
         else:
-            row["agreement"] = 1.0  # the full model, and lossless decoding, reproduce the full model's tokens
-            if point.get("baseline") and held_out_texts:
-                row["perplexity"] = _perplexity(model, tokenizer, held_out_texts, {"exit_strategy": "none"})
+            # Lossless and assisted decoding reproduce their own full model's tokens: their teacher-forced agreement
+            # with the reference is the full model's.
+            if full_agreement is None:
+                full_agreement = _teacher_forced(model, full_sequences, encoded, {"exit_strategy": "none"})[0]
+            row["agreement"] = full_agreement
             if point.get("lossless") and not math.isnan(mean_exits[point["point"]]):
                 row["mean_draft_exit_layer"] = mean_exits[point["point"]]
         rows.append(row)
@@ -263,13 +275,15 @@ def _teacher_forced(model, references, prompts, settings) -> tuple[float, float]
     return same / max(total, 1), torch.cat(layers).float().mean().item()
 
 
-def _perplexity(model, tokenizer, texts, settings) -> float:
+def _perplexity(model, tokenizer, texts, settings: dict | None) -> float:
+    """Perplexity of ``texts``; with ``settings``, the exit strategy applies at every position."""
+    exits = {} if settings is None else {"exit_all_positions": True, **settings}
     total_loss, total_tokens = 0.0, 0
     for text in texts:
         ids = tokenizer(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
         if ids.shape[1] < 2:
             continue
-        out = model(ids, labels=ids, exit_all_positions=True, **settings)
+        out = model(ids, labels=ids, **exits)
         total_loss += float(out.loss) * (ids.shape[1] - 1)
         total_tokens += ids.shape[1] - 1
     if total_tokens == 0:

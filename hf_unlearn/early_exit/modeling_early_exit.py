@@ -406,6 +406,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         exit_epsilon: float = 0.0,
         self_distill: bool = False,
         teacher_logits: torch.Tensor | None = None,
+        exit_vocabulary: torch.LongTensor | None = None,
         exit_strategy: str | None = None,
         policy_threshold: float | None = None,
         confidence_threshold: float | None = None,
@@ -436,6 +437,10 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             distribution) instead of the labels; labels, if given, only select the scored positions.
         teacher_logits (`torch.Tensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
             Like `self_distill`, with the target distribution given (e.g. the model before LoRA adaptation).
+        exit_vocabulary (`torch.LongTensor`, *optional*):
+            In the all-exits pass, compute the exits' losses (and the self-distillation target) over these token ids
+            only: a softmax restricted to a shortlist, about `vocab_size / len(exit_vocabulary)` times cheaper.
+            Labels outside it are not scored.
         exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer:
             Override the config's inference settings for this call (also through `generate(...)`).
         """
@@ -489,7 +494,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         if all_exits:
             teacher = "final" if self_distill else teacher_logits
             output = self._forward_all_exits(
-                hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher
+                hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher,
+                exit_vocabulary,
             )
         elif settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions):
             output = self._forward_with_exits(hidden, walk, settings, attention_mask)
@@ -514,9 +520,12 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
 
     def _forward_all_exits(
-        self, hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher
+        self, hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher,
+        vocabulary=None,
     ) -> EarlyExitCausalLMOutput:
         if forced_exit_layers is not None or sample_exits:
+            if vocabulary is not None:
+                raise ValueError("exit_vocabulary applies to the pass with every exit, not to forced or sampled exits")
             return self._forward_decided_exits(
                 hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon
             )
@@ -540,7 +549,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             )
         if isinstance(teacher, str):  # "final": this pass's own last exit, fixed
             with torch.no_grad():
-                teacher = self.exit_logits(states[self._depth], self._depth)
+                teacher = self._vocabulary_logits(states[self._depth], self._depth, vocabulary)
+        elif teacher is not None and vocabulary is not None:
+            teacher = teacher[..., vocabulary]
         if teacher is not None:
             soft = torch.softmax(teacher[:, :-1].detach().float(), dim=-1)
             targets = soft.argmax(-1)
@@ -553,14 +564,20 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             targets = targets.masked_fill(~mask, IGNORE_INDEX)
         else:
             soft, targets = None, labels[:, 1:]
+            if vocabulary is not None:  # label ids -> positions in the vocabulary (-100 outside it)
+                lookup = torch.full((self.config.backbone_config.vocab_size,), IGNORE_INDEX, device=targets.device)
+                lookup[vocabulary] = torch.arange(vocabulary.numel(), device=targets.device)
+                targets = torch.where(targets == IGNORE_INDEX, IGNORE_INDEX, lookup[targets.clamp(min=0)])
             mask = targets != IGNORE_INDEX
         losses, correct = [], []
         for k in exits:
             # Recomputed in backward: the logits of all exits would not fit in memory at once.
             if torch.is_grad_enabled() and states[k].requires_grad:
-                loss, hit = checkpoint(self._exit_token_loss, states[k][:, :-1], k, targets, soft, use_reentrant=False)
+                loss, hit = checkpoint(
+                    self._exit_token_loss, states[k][:, :-1], k, targets, soft, vocabulary, use_reentrant=False
+                )
             else:
-                loss, hit = self._exit_token_loss(states[k][:, :-1], k, targets, soft)
+                loss, hit = self._exit_token_loss(states[k][:, :-1], k, targets, soft, vocabulary)
             losses.append(loss * mask)
             correct.append(hit & mask)
         exit_losses, exit_correct = torch.stack(losses), torch.stack(correct)
@@ -661,9 +678,17 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output.loss = output.exit_token_losses.sum() / mask.sum().clamp(min=1)
         return output
 
-    def _exit_token_loss(self, hidden: torch.Tensor, layer: int, targets: torch.Tensor, soft: torch.Tensor | None):
-        """Cross-entropy (float32) of the exit at ``layer`` against hard targets or a soft target distribution."""
-        logits = self.exit_logits(hidden, layer).float()
+    def _vocabulary_logits(self, hidden: torch.Tensor, layer: int, vocabulary: torch.Tensor | None) -> torch.Tensor:
+        if vocabulary is None:
+            return self.exit_logits(hidden, layer)
+        head = self.backbone.get_output_embeddings()
+        bias = head.bias[vocabulary] if getattr(head, "bias", None) is not None else None
+        return F.linear(self._head_input(hidden, layer), head.weight[vocabulary], bias)
+
+    def _exit_token_loss(self, hidden, layer: int, targets: torch.Tensor, soft: torch.Tensor | None, vocabulary=None):
+        """Cross-entropy (float32) of the exit at ``layer`` against hard targets or a soft target distribution
+        (targets index ``vocabulary`` when it is given)."""
+        logits = self._vocabulary_logits(hidden, layer, vocabulary).float()
         log_probs = torch.log_softmax(logits, dim=-1)
         hit = logits.argmax(-1) == targets
         if soft is not None:

@@ -38,6 +38,11 @@ class EarlyExitTrainingConfig(BaseConfig):
         train_backbone (`bool`, *optional*, defaults to `False`):
             Fine-tune every backbone weight too. The default trains only the exit adapters (and LoRA weights when a
             `peft_config` is given).
+        loss_on_shortlist (`bool`, *optional*, defaults to `False`):
+            Compute the exit losses over the model's token shortlist only (`set_exit_shortlist`), a softmax
+            restricted to it: `vocab_size / shortlist_size` times cheaper per exit, which is what makes exit training
+            affordable on a CPU. Labels outside the shortlist are not scored; with self-distillation the target is
+            the full model's distribution restricted to the shortlist.
         early_exit_kwargs (`dict`, *optional*):
             [`EarlyExitConfig`] fields used when the model is a plain causal LM (or a path) that the trainer wraps;
             `exit_head` defaults to `"adapter"`, the only head that trains on a frozen backbone.
@@ -52,6 +57,9 @@ class EarlyExitTrainingConfig(BaseConfig):
         default=False, metadata={"help": "Score the exits against the full model's distribution, not the labels."}
     )
     train_backbone: bool = field(default=False, metadata={"help": "Fine-tune the whole backbone too."})
+    loss_on_shortlist: bool = field(
+        default=False, metadata={"help": "Compute the exit losses over the model's token shortlist only."}
+    )
     early_exit_kwargs: dict[str, Any] | None = field(
         default=None, metadata={"help": "EarlyExitConfig fields when the trainer wraps a plain causal LM."}
     )
@@ -100,6 +108,11 @@ class EarlyExitTrainer(BaseTrainer):
         early_exit = self.early_exit_model(model)
         if not isinstance(early_exit, EarlyExitForCausalLM):
             raise ValueError(f"{type(self).__name__} trains an EarlyExitForCausalLM, got {type(early_exit).__name__}")
+        if args.loss_on_shortlist and early_exit.early_exit.shortlist.numel() == 0:
+            raise ValueError(
+                "loss_on_shortlist needs a token shortlist on the model: model.set_exit_shortlist("
+                "token_shortlist(tokenizer, texts, size=4096)) before building the trainer"
+            )
         if early_exit.config.exit_head == "shared" and not (args.train_backbone or self._is_peft):
             raise ValueError(
                 "nothing to train: the exits share the frozen backbone's head. Wrap the model with "
@@ -187,6 +200,8 @@ class EarlyExitTrainer(BaseTrainer):
                     ).logits
             else:
                 kwargs["self_distill"] = True
+        if self.args.loss_on_shortlist:
+            kwargs["exit_vocabulary"] = early_exit.early_exit.shortlist
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],

@@ -1,0 +1,310 @@
+"""ConsistentEE on SmolLM2-135M-Instruct (CPU): speed-up at equal agreement with the full model's greedy tokens.
+
+Phases (each cached under ``bench/results/consistentee_work/``, git-ignored, so a long run resumes where it stopped):
+
+* ``data``: the full model answers the project's built-in instruction prompts (greedy); prompt + answer pairs are
+  the training text (self-distillation: exits learn to say what the full model says). Held-out prompts on other
+  topics are kept for the evaluation.
+* ``frozen``: ConsistentEE with the backbone frozen: exit adapters (self-distillation, loss over a 4096-token
+  shortlist of the training answers), memorized layers against the full model's tokens, policy by REINFORCE.
+* ``lora``: the same, with LoRA on every linear layer of the backbone trained under the early-exit loss (the
+  target is the model with the adapter disabled), merged into the backbone afterwards.
+* ``evaluate``: ``evaluate_exits`` on the held-out prompts for both models against the *original* full model:
+  ConsistentEE's policy, confidence, entropy, patience and fixed exits, transformers' ``assistant_early_exit`` and
+  the lossless mode, each point with measured tokens/s (interleaved rounds, medians) and teacher-forced agreement.
+
+    python bench/bench_consistentee.py                     # all phases, ~1 h on 2 CPU cores
+    python bench/bench_consistentee.py --phase evaluate    # re-evaluate the trained checkpoints
+    python bench/bench_consistentee.py --quick             # a few steps of everything, to check the pipeline
+
+Writes ``bench/results/consistentee.json`` (each point: strategy, settings, measured speed-up, agreement),
+``bench/results/consistentee.png`` and the table in ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT.parent) not in sys.path:
+    sys.path.insert(0, str(ROOT.parent))
+
+from hf_unlearn import ConsistentEEConfig, ConsistentEETrainer, EarlyExitForCausalLM  # noqa: E402
+from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
+from hf_unlearn.early_exit import ExitEvaluation, evaluate_exits, token_shortlist  # noqa: E402
+from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
+
+WORK_ROOT = ROOT / "results" / "consistentee_work"
+WORK = WORK_ROOT / "full"
+TOPICS = [
+    "the ocean", "volcanoes", "the Roman Empire", "photosynthesis", "computers", "music", "football", "the moon",
+    "bees", "rainbows", "electricity", "the human heart", "trees", "the internet", "dinosaurs", "chess",
+    "the weather", "bread", "airplanes", "the Olympic Games", "mountains", "coffee", "robots", "the solar system",
+    "elephants", "money", "libraries", "bicycles", "the desert", "vaccines", "clocks", "painting",
+]
+HELD_OUT_TOPICS = ["glaciers", "the printing press", "honey", "submarines", "origami", "lighthouses", "tea", "owls"]
+TEMPLATES = [
+    "What is {}?", "Explain {} to a child.", "Write two sentences about {}.", "Give three facts about {}.",
+    "Why is {} important?",
+]
+EXIT_LAYERS = list(range(8, 30, 2))
+STRATEGIES = {
+    "policy": [0.2, 0.35, 0.5, 0.65, 0.8, 0.9],
+    "confidence": [0.5, 0.7, 0.8, 0.9, 0.95],
+    "entropy": [2.0, 1.0, 0.5, 0.25, 0.1],
+    "patience": [2, 3, 4],
+    "fixed": [16, 20, 24, 28],
+    "assistant_early_exit": [8, 14, 20],
+}
+
+
+def chat(tokenizer, prompt: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def phase_data(opts) -> dict:
+    path = WORK / "data.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, tokenizer = load_smollm2()
+    prompts = [t.format(topic) for topic in TOPICS for t in TEMPLATES]
+    if opts.quick:
+        prompts = prompts[:8]
+    tokenizer.padding_side = "left"
+    rows = []
+    started = time.perf_counter()
+    for start in range(0, len(prompts), 16):
+        chunk = prompts[start : start + 16]
+        batch = tokenizer([chat(tokenizer, p) for p in chunk], return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=opts.answer_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        rows += [{"prompt": chat(tokenizer, p), "completion": a} for p, a in zip(chunk, answers)]
+        print(f"[data] {len(rows)}/{len(prompts)} answers", flush=True)
+    held_out = [chat(tokenizer, t.format(topic)) for topic in HELD_OUT_TOPICS for t in TEMPLATES[:1]]
+    data = {"train": rows, "held_out_prompts": held_out, "seconds": time.perf_counter() - started}
+    WORK.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1))
+    return data
+
+
+def phase_train(kind: str, data: dict, opts) -> dict:
+    out_dir = WORK / f"checkpoint-{kind}"
+    record = WORK / f"train-{kind}.json"
+    if record.exists() and (out_dir / "config.json").exists():
+        return json.loads(record.read_text())
+    model, tokenizer = load_smollm2()
+    tokenizer.padding_side = "right"
+    wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="adapter", adapter_rank=64)
+    wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]], size=4096))
+    peft_config = None
+    if kind == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"])
+    steps = 3 if opts.quick else opts.head_steps
+    args = ConsistentEEConfig(
+        output_dir=str(WORK / f"run-{kind}"),
+        per_device_train_batch_size=4,
+        max_steps=steps,
+        learning_rate=1e-3 if kind == "frozen" else 5e-4,
+        warmup_steps=0.05,
+        self_distillation=True,
+        loss_on_shortlist=True,
+        reward_target="full_model",
+        policy_max_steps=3 if opts.quick else opts.policy_steps,
+        policy_learning_rate=1e-3,
+        cost_coefficient=opts.cost,
+        num_rollouts=4,
+        max_length=256,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = ConsistentEETrainer(wrapper, args, train_dataset=data["train"], processing_class=tokenizer,
+                                  peft_config=peft_config)
+    seconds = {}
+    for stage in args.stages:
+        started = time.perf_counter()
+        trainer.train(stage=stage)
+        seconds[stage] = time.perf_counter() - started
+        print(f"[{kind}] stage {stage}: {seconds[stage]:.0f} s", flush=True)
+    trained = trainer.model
+    if kind == "lora":
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    logs = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
+    result = {"seconds": seconds, "steps": {"heads": steps, "policy": args.policy_max_steps},
+              "training_tokens": sum(len(r) for r in trainer.train_dataset["input_ids"]), "last_logs": logs[-3:],
+              "checkpoint": str(out_dir)}
+    atomic_write_text(record, json.dumps(result, indent=1))
+    return result
+
+
+def phase_evaluate(data: dict, opts) -> dict:
+    original, tokenizer = load_smollm2()
+    prompts = data["held_out_prompts"][: 2 if opts.quick else len(data["held_out_prompts"])]
+    results = {}
+    for kind in opts.models:
+        model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}").eval()
+        strategies = {k: v[:2] for k, v in STRATEGIES.items()} if opts.quick else STRATEGIES
+        table = evaluate_exits(
+            model, tokenizer, prompts, strategies, max_new_tokens=8 if opts.quick else opts.eval_tokens,
+            reference_model=original, rounds=1 if opts.quick else opts.rounds, lossless=False,
+        )
+        lossless = evaluate_exits(
+            model, tokenizer, prompts, {"policy": [0.5, 0.8]}, max_new_tokens=8 if opts.quick else opts.eval_tokens,
+            reference_model=original, rounds=1 if opts.quick else opts.rounds, lossless=True,
+        )
+        rows = table.rows + [r for r in lossless.rows if r["strategy"] == "lossless"]
+        for row in rows:
+            row["backbone"] = kind
+        results[kind] = rows
+        print(f"[evaluate] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
+    return results
+
+
+def best_at(rows: list[dict], strategy: str, agreement: float) -> float | None:
+    """The highest measured speed-up of a strategy among its points at or above an agreement."""
+    values = [r["speedup"] for r in rows if r["strategy"] == strategy and r["agreement"] >= agreement]
+    return max(values) if values else None
+
+
+def summarise(results: dict) -> dict:
+    summary = {}
+    for kind, rows in results.items():
+        strategies = sorted({r["strategy"] for r in rows} - {"none"})
+        summary[kind] = {
+            f"{level:.2f}": {s: best_at(rows, s, level) for s in strategies} for level in (0.9, 0.95, 0.98)
+        }
+    return summary
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.5), squeeze=False)
+    for axis, (kind, rows) in zip(axes[0], results.items()):
+        for strategy in sorted({r["strategy"] for r in rows}):
+            points = sorted((r["agreement"], r["speedup"]) for r in rows if r["strategy"] == strategy)
+            style = "o-" if strategy not in ("lossless", "assistant_early_exit", "none") else "s"
+            axis.plot([p[0] for p in points], [p[1] for p in points], style, label=strategy)
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.axvline(0.95, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(f"SmolLM2-135M, {kind} backbone")
+        axis.set_xlabel("agreement with the original model's greedy tokens")
+        axis.set_ylabel("measured speed-up (batch 1, CPU)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"{report['meta']['device']}, {report['meta']['threads']} threads, torch {report['meta']['torch']}; "
+        f"{report['meta']['prompts']} held-out prompts x {report['meta']['eval_tokens']} greedy tokens at batch 1, "
+        f"medians of {report['meta']['rounds']} interleaved rounds. Agreement: share of positions where the exit's "
+        "top-1 token equals the original model's greedy token (teacher-forced on its continuations).",
+        "",
+        "Training budget (CPU): " + "; ".join(
+            f"{kind}: " + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in train["seconds"].items())
+            for kind, train in report["training"].items()
+        ),
+        "",
+        "Best measured speed-up at or above an agreement level:",
+        "",
+    ]
+    for kind, levels in report["summary"].items():
+        strategies = sorted(next(iter(levels.values())))
+        lines += [f"**{kind} backbone**", "", "| agreement ≥ | " + " | ".join(strategies) + " |",
+                  "|---|" + "---|" * len(strategies)]
+        for level, values in levels.items():
+            cells = ["-" if values[s] is None else f"{values[s]:.2f}" for s in strategies]
+            lines.append(f"| {level} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    start, end = "<!-- consistentee-table:start -->", "<!-- consistentee-table:end -->"
+    content = readme.read_text()
+    if start in content:
+        before, rest = content.split(start, 1)
+        content = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    else:
+        content += f"\n{start}\n{text}\n{end}\n"
+    atomic_write_text(readme, content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", default="all", choices=["all", "data", "frozen", "lora", "evaluate"])
+    parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
+    parser.add_argument("--answer-tokens", type=int, default=64)
+    parser.add_argument("--head-steps", type=int, default=300)
+    parser.add_argument("--policy-steps", type=int, default=120)
+    parser.add_argument("--cost", type=float, default=0.02)
+    parser.add_argument("--eval-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--quick", action="store_true")
+    opts = parser.parse_args()
+    global WORK
+    WORK = WORK_ROOT / ("quick" if opts.quick else "full")
+    torch.set_num_threads(opts.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data = phase_data(opts)
+    if opts.phase == "data":
+        return
+    training = {}
+    for kind in opts.models:
+        if opts.phase in ("all", kind):
+            training[kind] = phase_train(kind, data, opts)
+        elif (WORK / f"train-{kind}.json").exists():
+            training[kind] = json.loads((WORK / f"train-{kind}.json").read_text())
+    if opts.phase not in ("all", "evaluate"):
+        return
+    results = phase_evaluate(data, opts)
+    report = {
+        "meta": {"device": platform.processor() or "CPU", "threads": opts.threads, "torch": torch.__version__,
+                 "transformers": transformers.__version__, "prompts": len(data["held_out_prompts"]),
+                 "eval_tokens": opts.eval_tokens, "rounds": opts.rounds, "exit_layers": EXIT_LAYERS,
+                 "training_examples": len(data["train"])},
+        "training": training,
+        "summary": summarise(results),
+        "points": results,
+    }
+    name = "consistentee_quick" if opts.quick else "consistentee"
+    atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(report, indent=2))
+    plot(results, ROOT / "results" / f"{name}.png")
+    if not opts.quick:
+        update_readme(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
