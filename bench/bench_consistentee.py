@@ -38,7 +38,12 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT.parent) not in sys.path:
     sys.path.insert(0, str(ROOT.parent))
 
-from hf_unlearn import ConsistentEEConfig, ConsistentEETrainer, EarlyExitForCausalLM  # noqa: E402
+from hf_unlearn import (  # noqa: E402
+    ConsistentEEConfig,
+    ConsistentEETrainer,
+    EarlyExitForCausalLM,
+    add_memorized_layers,
+)
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.early_exit import ExitEvaluation, evaluate_exits, token_shortlist  # noqa: E402
 from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
@@ -50,11 +55,20 @@ TOPICS = [
     "bees", "rainbows", "electricity", "the human heart", "trees", "the internet", "dinosaurs", "chess",
     "the weather", "bread", "airplanes", "the Olympic Games", "mountains", "coffee", "robots", "the solar system",
     "elephants", "money", "libraries", "bicycles", "the desert", "vaccines", "clocks", "painting",
+    "rivers", "earthquakes", "ancient Egypt", "gravity", "smartphones", "jazz", "basketball", "the sun",
+    "ants", "snow", "magnets", "the human brain", "flowers", "email", "whales", "poetry",
+    "clouds", "cheese", "trains", "the Renaissance", "islands", "chocolate", "satellites", "the planets",
+    "tigers", "banks", "museums", "cars", "rainforests", "antibiotics", "calendars", "photography",
+    "lakes", "hurricanes", "the Great Wall of China", "light", "batteries", "opera", "tennis", "stars",
+    "butterflies", "ice", "recycling", "bones", "mushrooms", "video games", "dolphins", "novels",
+    "wind", "rice", "ships", "the Middle Ages", "caves", "sugar", "telescopes", "comets",
+    "penguins", "taxes", "schools", "roads", "forests", "sleep", "maps", "sculpture",
 ]
 HELD_OUT_TOPICS = ["glaciers", "the printing press", "honey", "submarines", "origami", "lighthouses", "tea", "owls"]
 TEMPLATES = [
     "What is {}?", "Explain {} to a child.", "Write two sentences about {}.", "Give three facts about {}.",
-    "Why is {} important?",
+    "Why is {} important?", "Describe {} in a short paragraph.", "What would happen without {}?",
+    "Tell me something surprising about {}.",
 ]
 EXIT_LAYERS = list(range(8, 30, 2))
 STRATEGIES = {
@@ -93,40 +107,26 @@ def phase_data(opts) -> dict:
         answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         rows += [{"prompt": chat(tokenizer, p), "completion": a} for p, a in zip(chunk, answers)]
         print(f"[data] {len(rows)}/{len(prompts)} answers", flush=True)
-    held_out = [chat(tokenizer, t.format(topic)) for topic in HELD_OUT_TOPICS for t in TEMPLATES[:1]]
+    held_out = [chat(tokenizer, t.format(topic)) for topic in HELD_OUT_TOPICS for t in TEMPLATES[:2]]
     data = {"train": rows, "held_out_prompts": held_out, "seconds": time.perf_counter() - started}
     WORK.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=1))
     return data
 
 
-def phase_train(kind: str, data: dict, opts) -> dict:
-    out_dir = WORK / f"checkpoint-{kind}"
-    record = WORK / f"train-{kind}.json"
-    if record.exists() and (out_dir / "config.json").exists():
-        return json.loads(record.read_text())
-    model, tokenizer = load_smollm2()
-    tokenizer.padding_side = "right"
-    wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="adapter", adapter_rank=64)
-    wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]], size=4096))
-    peft_config = None
-    if kind == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj"])
-    steps = 3 if opts.quick else opts.head_steps
-    args = ConsistentEEConfig(
+def training_args(kind: str, opts, **overrides) -> ConsistentEEConfig:
+    values = dict(
         output_dir=str(WORK / f"run-{kind}"),
         per_device_train_batch_size=4,
-        max_steps=steps,
+        max_steps=3 if opts.quick else opts.head_steps if kind == "frozen" else opts.lora_head_steps,
         learning_rate=1e-3 if kind == "frozen" else 5e-4,
         warmup_steps=0.05,
         self_distillation=True,
         loss_on_shortlist=True,
         reward_target="full_model",
+        exit_reward=opts.reward,
         policy_max_steps=3 if opts.quick else opts.policy_steps,
-        policy_learning_rate=1e-3,
+        policy_learning_rate=opts.policy_lr,
         cost_coefficient=opts.cost,
         num_rollouts=4,
         max_length=256,
@@ -136,24 +136,71 @@ def phase_train(kind: str, data: dict, opts) -> dict:
         use_cpu=True,
         seed=0,
     )
+    return ConsistentEEConfig(**{**values, **overrides})
+
+
+def phase_heads(kind: str, data: dict, opts) -> dict:
+    """Exit heads (and LoRA, merged afterwards) and the memorized layers, cached as a checkpoint and a dataset."""
+    out_dir, memorized_dir, record = WORK / f"heads-{kind}", WORK / f"memorized-{kind}", WORK / f"heads-{kind}.json"
+    if record.exists() and (out_dir / "config.json").exists() and memorized_dir.exists():
+        return json.loads(record.read_text())
+    model, tokenizer = load_smollm2()
+    tokenizer.padding_side = "right"
+    wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="adapter", adapter_rank=64,
+                                                 policy_hidden_size=128)
+    wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]], size=4096))
+    peft_config = None
+    if kind == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"])
+    args = training_args(kind, opts, stages=["heads"])
     trainer = ConsistentEETrainer(wrapper, args, train_dataset=data["train"], processing_class=tokenizer,
                                   peft_config=peft_config)
-    seconds = {}
-    for stage in args.stages:
-        started = time.perf_counter()
-        trainer.train(stage=stage)
-        seconds[stage] = time.perf_counter() - started
-        print(f"[{kind}] stage {stage}: {seconds[stage]:.0f} s", flush=True)
-    trained = trainer.model
-    if kind == "lora":
-        trained = trained.merge_and_unload()
+    started = time.perf_counter()
+    trainer.train()
+    seconds = {"heads": time.perf_counter() - started}
+    trained = trainer.model.merge_and_unload() if kind == "lora" else trainer.model
+    logs = [h for h in trainer.state.log_history if "oracle_exit_layer" in h]
+    started = time.perf_counter()
+    memorized = add_memorized_layers(trained, trainer.train_dataset, tokenizer.pad_token_id, "full_model",
+                                     batch_size=8)
+    seconds["memorize"] = time.perf_counter() - started
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    logs = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
-    result = {"seconds": seconds, "steps": {"heads": steps, "policy": args.policy_max_steps},
-              "training_tokens": sum(len(r) for r in trainer.train_dataset["input_ids"]), "last_logs": logs[-3:],
-              "checkpoint": str(out_dir)}
+    memorized.save_to_disk(str(memorized_dir))
+    result = {"seconds": seconds, "steps": args.max_steps, "training_tokens": sum(map(len, memorized["input_ids"])),
+              "last_logs": logs[-2:]}
     atomic_write_text(record, json.dumps(result, indent=1))
+    print(f"[{kind}] heads {seconds['heads']:.0f} s, memorized layers {seconds['memorize']:.0f} s", flush=True)
+    return result
+
+
+def phase_policy(kind: str, opts) -> dict:
+    """The policy stage on the cached heads checkpoint and memorized dataset."""
+    from datasets import load_from_disk
+
+    out_dir, record = WORK / f"checkpoint-{kind}", WORK / f"policy-{kind}.json"
+    if record.exists() and (out_dir / "config.json").exists() and not opts.retrain_policy:
+        return json.loads(record.read_text())
+    model = EarlyExitForCausalLM.from_pretrained(WORK / f"heads-{kind}")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(WORK / f"heads-{kind}")
+    args = training_args(kind, opts, stages=["policy"])
+    trainer = ConsistentEETrainer(model, args, train_dataset=load_from_disk(str(WORK / f"memorized-{kind}")),
+                                  processing_class=tokenizer)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    result = {"seconds": seconds, "steps": args.policy_max_steps, "reward": opts.reward, "cost": opts.cost,
+              "last_logs": logs[-2:]}
+    atomic_write_text(record, json.dumps(result, indent=1))
+    print(f"[{kind}] policy {seconds:.0f} s, last log {logs[-1] if logs else None}", flush=True)
     return result
 
 
@@ -265,9 +312,13 @@ def main() -> None:
     parser.add_argument("--phase", default="all", choices=["all", "data", "frozen", "lora", "evaluate"])
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
-    parser.add_argument("--head-steps", type=int, default=300)
-    parser.add_argument("--policy-steps", type=int, default=120)
-    parser.add_argument("--cost", type=float, default=0.02)
+    parser.add_argument("--head-steps", type=int, default=800)
+    parser.add_argument("--lora-head-steps", type=int, default=500)
+    parser.add_argument("--policy-steps", type=int, default=150)
+    parser.add_argument("--policy-lr", type=float, default=1e-3)
+    parser.add_argument("--reward", default="mismatch", choices=["mismatch", "cross_entropy"])
+    parser.add_argument("--cost", type=float, default=0.01)
+    parser.add_argument("--retrain-policy", action="store_true")
     parser.add_argument("--eval-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -283,9 +334,13 @@ def main() -> None:
     training = {}
     for kind in opts.models:
         if opts.phase in ("all", kind):
-            training[kind] = phase_train(kind, data, opts)
-        elif (WORK / f"train-{kind}.json").exists():
-            training[kind] = json.loads((WORK / f"train-{kind}.json").read_text())
+            heads = phase_heads(kind, data, opts)
+            policy = phase_policy(kind, opts)
+        else:
+            heads = json.loads((WORK / f"heads-{kind}.json").read_text())
+            policy = json.loads((WORK / f"policy-{kind}.json").read_text())
+        training[kind] = {"seconds": {**heads["seconds"], "policy": policy["seconds"]}, "heads": heads,
+                          "policy": policy}
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)

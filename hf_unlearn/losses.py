@@ -231,7 +231,8 @@ def consistentee_rewards(
 ) -> torch.Tensor:
     """ConsistentEE's terminal reward of each token: ``R = -a · CE_e - c · (1 - m/L) · cost(e)``.
 
-    ``exit_losses`` is the cross-entropy of the token's exit, ``exit_layers`` its exit layer ``e`` and
+    ``exit_losses`` is the cross-entropy of the token's exit (or any per-token loss, e.g. 1 for a wrong top-1 token
+    and 0 for a right one), ``exit_layers`` its exit layer ``e`` and
     ``memorized`` its memorized layer ``m`` (all the same shape, aligned: the same token in each). ``cost(e)`` is
     ``e`` (``"layers"``), ``e / L`` (``"fraction"``) or ``log e`` (``"log"``). Easy tokens (small ``m``) pay the full
     depth cost; tokens the model never gets right (``m = L``) are scored on accuracy alone.

@@ -166,15 +166,22 @@ def evaluate_exits(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], pad_token_id=pad)
     reference = reference_model if reference_model is not None else model.backbone
-    full_sequences = [reference.generate(ids, **stop) for ids in encoded]
+    full_sequences = [reference.generate(ids, attention_mask=torch.ones_like(ids), **stop) for ids in encoded]
+    # Agreement is scored up to the reference's first end-of-sequence token: what follows it is not an answer (and
+    # near-uniform predictions there flip between equal-looking logits).
+    eos = model.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else (eos or [])) | {tokenizer.eos_token_id} - {None}
+    scored = [_until_eos(seq, ids.shape[1], eos) for seq, ids in zip(full_sequences, encoded)]
     depth = model.config.num_hidden_layers
 
     def run(point: dict) -> list[torch.Tensor]:
         outputs = []
         for ids in encoded:
+            # An explicit mask: with pad = EOS, generate() would otherwise mask the EOS tokens of a chat template.
+            mask = torch.ones_like(ids)
             if "assistant_early_exit" in point:
                 early = point["assistant_early_exit"]
-                outputs.append(model.backbone.generate(ids, assistant_early_exit=early, **stop))
+                outputs.append(model.backbone.generate(ids, attention_mask=mask, assistant_early_exit=early, **stop))
             elif point.get("lossless"):
                 drafts = model.generate_lossless(
                     ids, max_new_tokens=max_new_tokens, eos_token_id=[], num_draft_tokens=num_draft_tokens,
@@ -182,9 +189,9 @@ def evaluate_exits(
                 )
                 outputs.append(drafts.sequences)
             elif point.get("baseline"):
-                outputs.append(reference.generate(ids, **stop))
+                outputs.append(reference.generate(ids, attention_mask=mask, **stop))
             else:
-                outputs.append(model.generate(ids, **stop, **point["settings"]))
+                outputs.append(model.generate(ids, attention_mask=mask, **stop, **point["settings"]))
         return outputs
 
     baseline = {"strategy": "none", "baseline": True, "point": "full model"}
@@ -221,9 +228,9 @@ def evaluate_exits(
             elapsed = statistics.median(seconds[point["point"]])
             row["tokens_per_s"] = new_tokens / elapsed
             row["speedup"] = base_time / elapsed
-        row["generation_agreement"] = _generation_agreement(generations[point["point"]], full_sequences, encoded)
+        row["generation_agreement"] = _generation_agreement(generations[point["point"]], scored, encoded)
         if "settings" in point and not point.get("lossless"):
-            agreement, mean_exit = _teacher_forced(model, full_sequences, encoded, point["settings"])
+            agreement, mean_exit = _teacher_forced(model, scored, encoded, point["settings"])
             row["agreement"], row["mean_exit_layer"] = agreement, mean_exit
             row["layer_speedup"] = depth / mean_exit
             if held_out_texts:
@@ -236,7 +243,7 @@ def evaluate_exits(
             # Lossless and assisted decoding reproduce their own full model's tokens: their teacher-forced agreement
             # with the reference is the full model's.
             if full_agreement is None:
-                full_agreement = _teacher_forced(model, full_sequences, encoded, {"exit_strategy": "none"})[0]
+                full_agreement = _teacher_forced(model, scored, encoded, {"exit_strategy": "none"})[0]
             row["agreement"] = full_agreement
             if point.get("lossless") and not math.isnan(mean_exits[point["point"]]):
                 row["mean_draft_exit_layer"] = mean_exits[point["point"]]
@@ -245,6 +252,13 @@ def evaluate_exits(
     meta = {"layers": depth, "prompts": len(encoded), "max_new_tokens": max_new_tokens, "rounds": rounds,
             "exit_layers": list(model.config.exit_layers)}
     return ExitEvaluation(rows=rows, meta=meta)
+
+
+def _until_eos(sequence: torch.Tensor, prompt_length: int, eos: set[int]) -> torch.Tensor:
+    for position in range(prompt_length, sequence.shape[1]):
+        if int(sequence[0, position]) in eos:
+            return sequence[:, : position + 1]
+    return sequence
 
 
 def _generation_agreement(outputs, references, prompts) -> float:

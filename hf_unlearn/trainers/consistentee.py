@@ -70,7 +70,11 @@ class ConsistentEEConfig(EarlyExitTrainingConfig):
         cost_shape (`str`, *optional*, defaults to `"layers"`):
             `cost(e)` in the reward: `"layers"` (e), `"fraction"` (e / L) or `"log"` (log e).
         accuracy_weight (`float`, *optional*, defaults to `1.0`):
-            Weight of the exit's cross-entropy in the reward.
+            Weight a of the accuracy term of the reward.
+        exit_reward (`str`, *optional*, defaults to `"cross_entropy"`):
+            The accuracy term: the exit's `"cross_entropy"` for the target (ConsistentEE), or `"mismatch"`, 1 when
+            the exit's top-1 token is wrong and 0 when it is right, which rewards agreement itself (the cross-entropy
+            keeps falling with depth even where the top-1 token no longer changes, so it pulls the policy deeper).
         reward_target (`str`, *optional*, defaults to `"labels"`):
             What an exit is scored against, in the memorized layers and the reward: the dataset's `"labels"`, or
             the `"full_model"`'s own greedy prediction (the policy then learns to exit where the exit agrees with
@@ -94,7 +98,10 @@ class ConsistentEEConfig(EarlyExitTrainingConfig):
     exit_epsilon: float = field(default=0.0, metadata={"help": "Chance of a random exit action (exploration)."})
     cost_coefficient: float = field(default=0.02, metadata={"help": "Depth cost c of the reward."})
     cost_shape: str = field(default="layers", metadata={"help": "cost(e): 'layers', 'fraction' or 'log'."})
-    accuracy_weight: float = field(default=1.0, metadata={"help": "Weight of the exit's cross-entropy."})
+    accuracy_weight: float = field(default=1.0, metadata={"help": "Weight of the accuracy term of the reward."})
+    exit_reward: str = field(
+        default="cross_entropy", metadata={"help": "Accuracy term: 'cross_entropy' or 'mismatch' (0/1)."}
+    )
     reward_target: str = field(default="labels", metadata={"help": "Score exits against 'labels' or 'full_model'."})
     normalize_log_probs: bool = field(
         default=False, metadata={"help": "Divide trajectory log-probs by the layers run."}
@@ -112,6 +119,7 @@ class ConsistentEEConfig(EarlyExitTrainingConfig):
             "rollout_baseline": ("mean", "leave_one_out"),
             "cost_shape": ("layers", "fraction", "log"),
             "reward_target": ("labels", "full_model"),
+            "exit_reward": ("cross_entropy", "mismatch"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -230,9 +238,10 @@ class ConsistentEETrainer(EarlyExitTrainer):
         log_probs = outputs.exit_log_probs[:, :-1].reshape(shape)
         memorized = inputs[MEMORIZED_COLUMN][:, 1:].unsqueeze(0).expand(shape)
         deciding = self.scored_positions(labels).unsqueeze(0).expand(shape)
+        correct = outputs.exit_token_correct.reshape(shape)
+        accuracy_term = exit_losses.detach() if args.exit_reward == "cross_entropy" else (~correct).float()
         rewards = losses.consistentee_rewards(
-            exit_losses.detach(), exit_layers, memorized, depth, args.cost_coefficient, args.cost_shape,
-            args.accuracy_weight,
+            accuracy_term, exit_layers, memorized, depth, args.cost_coefficient, args.cost_shape, args.accuracy_weight
         )
         if args.normalize_log_probs:
             log_probs = log_probs / exit_layers.clamp(min=1)
@@ -251,7 +260,7 @@ class ConsistentEETrainer(EarlyExitTrainer):
             "exit_loss": exit_loss,
             "reward": (rewards * deciding).sum() / count,
             "mean_exit_layer": chosen.float().mean() if chosen.numel() else torch.tensor(float(depth)),
-            "exit_accuracy": (outputs.exit_token_correct.reshape(shape) & deciding).sum() / count,
+            "exit_accuracy": (correct & deciding).sum() / count,
             **exit_histogram(chosen, early_exit.config.all_exits, prefix="exit_frac"),
         }
         self._record(mode, metrics)
