@@ -132,18 +132,29 @@ class ExitAdapter(nn.Module):
 
 
 class PolicyHead(nn.Module):
-    """Exit probability of a token at an exit: one small MLP shared by all exits, plus a learned embedding per exit."""
+    """Exit probability of a token at an exit: one small MLP shared by all exits, plus a learned embedding and output
+    bias per exit."""
 
     def __init__(self, hidden_size: int, width: int, num_exits: int):
         super().__init__()
         self.proj = nn.Linear(hidden_size, width)
         self.exit_embedding = nn.Embedding(num_exits, width)
         self.out = nn.Linear(width, 1)
+        self.exit_bias = nn.Parameter(self.uniform_prior(num_exits))
+
+    @staticmethod
+    def uniform_prior(num_exits: int) -> torch.Tensor:
+        """Exit logits that spread an untrained policy's exits evenly over the exits (including the last, forced
+        one): ``p_i = 1 / (n + 1 - i)``. With p = 0.5 everywhere, rollouts would almost never reach the deep exits,
+        and a policy trained on such rollouts learns to never exit."""
+        remaining = torch.arange(num_exits + 1, 1, -1, dtype=torch.float32)
+        probability = 1.0 / remaining
+        return torch.log(probability / (1 - probability))
 
     def forward(self, normed_hidden: torch.Tensor, exit_index: int) -> torch.Tensor:
         """Exit logit (pre-sigmoid) of each position at exit ``exit_index``."""
         hidden = F.gelu(self.proj(normed_hidden) + self.exit_embedding.weight[exit_index])
-        return self.out(hidden).squeeze(-1)
+        return self.out(hidden).squeeze(-1) + self.exit_bias[exit_index]
 
 
 class EarlyExitHeads(nn.Module):
@@ -241,6 +252,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Called on leaf modules (transformers skips parameter-less containers); the backbone has its own.
+        if isinstance(module, PolicyHead):
+            init.copy_(module.exit_bias, PolicyHead.uniform_prior(module.exit_bias.numel()))
         if isinstance(module, (nn.Linear, nn.Embedding)):
             if getattr(module, "_zero_init", False):
                 init.zeros_(module.weight)
