@@ -72,7 +72,7 @@ TEMPLATES = [
 ]
 EXIT_LAYERS = list(range(8, 30, 2))
 STRATEGIES = {
-    "policy": [0.2, 0.35, 0.5, 0.65, 0.8, 0.9],
+    "policy": [0.05, 0.1, 0.15, 0.2, 0.3, 0.5],
     "confidence": [0.5, 0.7, 0.8, 0.9, 0.95],
     "entropy": [2.0, 1.0, 0.5, 0.25, 0.1],
     "patience": [2, 3, 4],
@@ -128,6 +128,7 @@ def training_args(kind: str, opts, **overrides) -> ConsistentEEConfig:
         policy_max_steps=3 if opts.quick else opts.policy_steps,
         policy_learning_rate=opts.policy_lr,
         cost_coefficient=opts.cost,
+        exit_epsilon=opts.epsilon,
         num_rollouts=4,
         max_length=256,
         logging_steps=10,
@@ -198,6 +199,7 @@ def phase_policy(kind: str, opts) -> dict:
     tokenizer.save_pretrained(out_dir)
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {"seconds": seconds, "steps": args.policy_max_steps, "reward": opts.reward, "cost": opts.cost,
+              "epsilon": opts.epsilon, "learning_rate": opts.policy_lr,
               "last_logs": logs[-2:]}
     atomic_write_text(record, json.dumps(result, indent=1))
     print(f"[{kind}] policy {seconds:.0f} s, last log {logs[-1] if logs else None}", flush=True)
@@ -315,9 +317,10 @@ def main() -> None:
     parser.add_argument("--head-steps", type=int, default=800)
     parser.add_argument("--lora-head-steps", type=int, default=500)
     parser.add_argument("--policy-steps", type=int, default=150)
-    parser.add_argument("--policy-lr", type=float, default=1e-3)
+    parser.add_argument("--policy-lr", type=float, default=3e-4)
     parser.add_argument("--reward", default="mismatch", choices=["mismatch", "cross_entropy"])
-    parser.add_argument("--cost", type=float, default=0.01)
+    parser.add_argument("--cost", type=float, default=0.1)
+    parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--retrain-policy", action="store_true")
     parser.add_argument("--eval-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)

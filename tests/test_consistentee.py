@@ -463,3 +463,19 @@ def test_exit_losses_over_a_vocabulary_subset(wrapped, tokenizer):
         teacher = torch.softmax(wrapped(**batch, output_all_exits=True).exit_logits[-1][:, :-1][..., subset], -1)
         expected = -(teacher * torch.log_softmax(logits, -1)).sum(-1) * (labels[:, 1:] != -100)
         torch.testing.assert_close(distilled.exit_losses[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_shortlist_loss_adds_random_negatives(tokenizer, tmp_path):
+    backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
+    model = EarlyExitForCausalLM.from_backbone(backbone, exit_head="adapter", min_exit_layer=1)
+    model.set_exit_shortlist(list(range(10)))
+    args = run_config(EarlyExitTrainingConfig, tmp_path, max_steps=1, loss_on_shortlist=True, shortlist_negatives=20)
+    trainer = EarlyExitTrainer(model, args, train_dataset=FORGET_TEXTS, processing_class=tokenizer)
+    first, second = trainer.loss_vocabulary(model), trainer.loss_vocabulary(model)
+    assert first[:10].tolist() == list(range(10)) and len(first) == 30 and len(set(first.tolist())) == 30
+    assert min(first[10:].tolist()) >= 10 and not torch.equal(first, second)
+    trainer.train()
+    plain = EarlyExitForCausalLM.from_backbone(trained_tiny(tokenizer, "llama", steps=60, layers=4),
+                                               exit_head="adapter")
+    with pytest.raises(ValueError, match="needs a token shortlist"):
+        EarlyExitTrainer(plain, args, train_dataset=FORGET_TEXTS, processing_class=tokenizer)

@@ -43,6 +43,10 @@ class EarlyExitTrainingConfig(BaseConfig):
             restricted to it: `vocab_size / shortlist_size` times cheaper per exit, which is what makes exit training
             affordable on a CPU. Labels outside the shortlist are not scored; with self-distillation the target is
             the full model's distribution restricted to the shortlist.
+        shortlist_negatives (`int`, *optional*, defaults to `2048`):
+            With `loss_on_shortlist`, this many tokens from outside the shortlist join it at each step, drawn at
+            random (sampled softmax): without them nothing pushes the other tokens' logits down, and the trained
+            exits predict tokens outside the shortlist.
         early_exit_kwargs (`dict`, *optional*):
             [`EarlyExitConfig`] fields used when the model is a plain causal LM (or a path) that the trainer wraps;
             `exit_head` defaults to `"adapter"`, the only head that trains on a frozen backbone.
@@ -59,6 +63,9 @@ class EarlyExitTrainingConfig(BaseConfig):
     train_backbone: bool = field(default=False, metadata={"help": "Fine-tune the whole backbone too."})
     loss_on_shortlist: bool = field(
         default=False, metadata={"help": "Compute the exit losses over the model's token shortlist only."}
+    )
+    shortlist_negatives: int = field(
+        default=2048, metadata={"help": "Random tokens from outside the shortlist added at each step."}
     )
     early_exit_kwargs: dict[str, Any] | None = field(
         default=None, metadata={"help": "EarlyExitConfig fields when the trainer wraps a plain causal LM."}
@@ -201,7 +208,7 @@ class EarlyExitTrainer(BaseTrainer):
             else:
                 kwargs["self_distill"] = True
         if self.args.loss_on_shortlist:
-            kwargs["exit_vocabulary"] = early_exit.early_exit.shortlist
+            kwargs["exit_vocabulary"] = self.loss_vocabulary(early_exit)
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
@@ -220,6 +227,17 @@ class EarlyExitTrainer(BaseTrainer):
             self._check_finite(loss, {"loss": loss})
         self._record(mode, self._exit_metrics(outputs, inputs["labels"], exits))
         return (loss, outputs) if return_outputs else loss
+
+    def loss_vocabulary(self, early_exit: EarlyExitForCausalLM) -> torch.Tensor:
+        """The shortlist plus ``shortlist_negatives`` other tokens drawn at random (fresh at every call)."""
+        shortlist = early_exit.early_exit.shortlist
+        vocab = early_exit.config.backbone_config.vocab_size
+        others = torch.ones(vocab, dtype=torch.bool, device=shortlist.device)
+        others[shortlist] = False
+        candidates = others.nonzero().squeeze(-1)
+        count = min(self.args.shortlist_negatives, candidates.numel())
+        negatives = candidates[torch.randperm(candidates.numel(), device=shortlist.device)[:count]]
+        return torch.cat([shortlist, negatives])
 
     def _exit_metrics(self, outputs, labels: torch.Tensor, exits: list[int]) -> dict[str, torch.Tensor]:
         """Per-exit loss and accuracy, and the oracle exit: the memorized layer, where an exit that knew which exits
