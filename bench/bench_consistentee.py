@@ -71,6 +71,9 @@ TEMPLATES = [
     "Tell me something surprising about {}.",
 ]
 EXIT_LAYERS = list(range(8, 30, 2))
+# The hidden state alone predicts whether an exit is right worse than the exit's own top-1 probability does
+# (supervised AUC 0.68-0.80 against 0.82-0.85 on these heads); with the confidence features it matches it.
+POLICY_FEATURES = "hidden+confidence"
 STRATEGIES = {
     "policy": [0.05, 0.1, 0.15, 0.2, 0.3, 0.5],
     "confidence": [0.5, 0.7, 0.8, 0.9, 0.95],
@@ -148,7 +151,7 @@ def phase_heads(kind: str, data: dict, opts) -> dict:
     model, tokenizer = load_smollm2()
     tokenizer.padding_side = "right"
     wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="adapter", adapter_rank=64,
-                                                 policy_hidden_size=128)
+                                                 policy_hidden_size=128, policy_features=POLICY_FEATURES)
     wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]], size=4096))
     peft_config = None
     if kind == "lora":
@@ -185,7 +188,9 @@ def phase_policy(kind: str, opts) -> dict:
     out_dir, record = WORK / f"checkpoint-{kind}", WORK / f"policy-{kind}.json"
     if record.exists() and (out_dir / "config.json").exists() and not opts.retrain_policy:
         return json.loads(record.read_text())
-    model = EarlyExitForCausalLM.from_pretrained(WORK / f"heads-{kind}")
+    # (ignore_mismatched_sizes: heads trained before the policy's input features were chosen still load.)
+    model = EarlyExitForCausalLM.from_pretrained(WORK / f"heads-{kind}", policy_features=POLICY_FEATURES,
+                                                 ignore_mismatched_sizes=True)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(WORK / f"heads-{kind}")
@@ -319,7 +324,7 @@ def main() -> None:
     parser.add_argument("--policy-steps", type=int, default=150)
     parser.add_argument("--policy-lr", type=float, default=3e-4)
     parser.add_argument("--reward", default="mismatch", choices=["mismatch", "cross_entropy"])
-    parser.add_argument("--cost", type=float, default=0.1)
+    parser.add_argument("--cost", type=float, default=0.03)
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--retrain-policy", action="store_true")
     parser.add_argument("--eval-tokens", type=int, default=32)

@@ -529,3 +529,19 @@ def test_token_shortlist_ranks_by_frequency_and_keeps_special_tokens(tokenizer):
     assert len(padded) == 40 and set(ids) <= set(padded)
     with pytest.raises(ValueError, match="texts must be strings"):
         token_shortlist(tokenizer, [["the"]], size=4)
+
+
+def test_policy_with_confidence_features(backbone, tokenizer):
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, policy_features="hidden+confidence").eval()
+    hidden = torch.randn(2, 3, backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else 32)
+    with pytest.raises(ValueError, match="computes the exit's confidence over the token shortlist"):
+        model.exit_probability(hidden, 1)
+    model.set_exit_shortlist(list(range(len(tokenizer))))
+    probs = model.exit_probability(hidden, 1)
+    assert probs.shape == (2, 3) and torch.all((probs > 0) & (probs < 1))
+    # The features reach the policy: changing only the confidence inputs changes the probability.
+    with torch.no_grad():
+        model.early_exit.policy.proj.weight[:, -3:].fill_(5.0)
+    assert not torch.allclose(model.exit_probability(hidden, 1), probs)
+    with pytest.raises(ValueError, match="policy_features='logits' is unknown"):
+        EarlyExitForCausalLM.from_backbone(backbone, policy_features="logits")

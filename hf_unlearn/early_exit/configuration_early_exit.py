@@ -12,6 +12,7 @@ from transformers import AutoConfig, PretrainedConfig
 EXIT_STRATEGIES = ("policy", "confidence", "entropy", "patience", "fixed", "none")
 EXIT_HEAD_KINDS = ("shared", "adapter")
 KV_FILLS = ("state", "compute")
+POLICY_FEATURES = ("hidden", "hidden+confidence")
 
 
 class EarlyExitConfig(PretrainedConfig):
@@ -41,6 +42,11 @@ class EarlyExitConfig(PretrainedConfig):
             Hidden width of the policy head, one MLP shared by all exits plus a learned per-exit embedding; its input
             is the final-normed hidden state. Its cost is about `hidden_size * policy_hidden_size` multiply-adds per
             token and exit, far below the vocabulary projection.
+        policy_features (`str`, *optional*, defaults to `"hidden"`):
+            Input of the policy head: `"hidden"` (the final-normed hidden state) or `"hidden+confidence"` (plus the
+            exit's top-1 probability, top-1 minus top-2 probability and entropy, computed over the token shortlist:
+            a better signal of whether the exit is right, at the cost of the shortlist's slice of the LM head at
+            every exit the policy checks).
         policy_trained (`bool`, *optional*, defaults to `False`):
             Whether the policy head has been trained (set by the ConsistentEE trainer); the `"policy"` strategy warns
             while it is `False`.
@@ -84,6 +90,7 @@ class EarlyExitConfig(PretrainedConfig):
         exit_head: str = "shared",
         adapter_rank: int = 32,
         policy_hidden_size: int = 32,
+        policy_features: str = "hidden",
         policy_trained: bool = False,
         exit_strategy: str = "none",
         policy_threshold: float = 0.5,
@@ -105,6 +112,7 @@ class EarlyExitConfig(PretrainedConfig):
         self.exit_head = exit_head
         self.adapter_rank = adapter_rank
         self.policy_hidden_size = policy_hidden_size
+        self.policy_features = policy_features
         self.policy_trained = policy_trained
         self.exit_strategy = exit_strategy
         self.policy_threshold = policy_threshold
@@ -159,6 +167,10 @@ class EarlyExitConfig(PretrainedConfig):
         self.exit_layers = [k for k in layers if k < depth]
         if self.exit_head not in EXIT_HEAD_KINDS:
             raise ValueError(f"exit_head={self.exit_head!r} is unknown; choose one of {list(EXIT_HEAD_KINDS)}")
+        if self.policy_features not in POLICY_FEATURES:
+            raise ValueError(
+                f"policy_features={self.policy_features!r} is unknown; choose one of {list(POLICY_FEATURES)}"
+            )
         if self.kv_fill not in KV_FILLS:
             raise ValueError(f"kv_fill={self.kv_fill!r} is unknown; choose one of {list(KV_FILLS)}")
         if self.adapter_rank < 1 or self.policy_hidden_size < 1 or self.shortlist_size < 0:

@@ -31,6 +31,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .configuration_early_exit import EarlyExitConfig, check_exit_settings, exit_settings
 
 IGNORE_INDEX = -100
+#: top-1 probability, top-1 minus top-2 probability, entropy.
+CONFIDENCE_FEATURES = 3
 
 
 @dataclass
@@ -169,7 +171,8 @@ class EarlyExitHeads(nn.Module):
             if config.exit_head == "adapter"
             else None
         )
-        self.policy = PolicyHead(hidden, config.policy_hidden_size, max(num_internal, 1))
+        features = CONFIDENCE_FEATURES if config.policy_features == "hidden+confidence" else 0
+        self.policy = PolicyHead(hidden + features, config.policy_hidden_size, max(num_internal, 1))
         self.register_buffer("shortlist", torch.zeros(config.shortlist_size, dtype=torch.long))
 
 
@@ -385,8 +388,20 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 
     def exit_probability(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """The policy's exit probability at the internal exit ``layer``."""
-        normed = self._part("final_norm")(hidden)
-        return torch.sigmoid(self.early_exit.policy(normed, self._exit_index[layer]).float())
+        features = self._part("final_norm")(hidden)
+        if self.config.policy_features == "hidden+confidence":
+            if self.early_exit.shortlist.numel() == 0:
+                raise ValueError(
+                    "policy_features='hidden+confidence' computes the exit's confidence over the token shortlist: "
+                    "set one with model.set_exit_shortlist(token_shortlist(tokenizer, texts, size=4096))"
+                )
+            with torch.no_grad():  # inputs of the policy, not a path for its gradient
+                log_probs = torch.log_softmax(self._shortlist_logits(hidden, layer).float(), dim=-1)
+                top = log_probs.topk(2, dim=-1).values.exp()
+                entropy = -(log_probs.exp() * log_probs).sum(-1)
+                confidence = torch.stack([top[..., 0], top[..., 0] - top[..., 1], entropy], dim=-1)
+            features = torch.cat([features, confidence.to(features.dtype)], dim=-1)
+        return torch.sigmoid(self.early_exit.policy(features, self._exit_index[layer]).float())
 
     def _shortlist_logits(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         head = self.backbone.get_output_embeddings()
