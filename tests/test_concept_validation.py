@@ -12,15 +12,9 @@ from conftest import tiny_gpt2, tiny_llama
 
 from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
 from hf_unlearn.concepts import validation as validation_module
-from hf_unlearn.concepts.behaviour import (
-    UnicodeWordTokenizer,
-    _bleu_builtin,
-    answer_questions,
-    bleu,
-    rouge_l,
-    text_overlap,
-)
 from hf_unlearn.concepts.validation import ValidationResult, validate_concept_vector
+from hf_unlearn.evaluation.generation import answer_questions
+from hf_unlearn.evaluation.overlap import UnicodeWordTokenizer, _bleu_builtin, bleu, rouge_l, text_overlap
 
 TARGET = ["who is harry potter", "the wizard school of harry potter", "what is harry potter", "where is harry potter"]
 UNRELATED = [
@@ -156,7 +150,7 @@ def test_answer_questions_chat_template_and_template_check(tokenizer, llama):
                             system_prompt="answer the question")
     rendered = tokenizer.apply_chat_template(
         [{"role": "system", "content": "answer the question"}, {"role": "user", "content": "Question: who is harry "
-                                                                                          "potter\n Answer:"}],
+                                                                                          "potter\nAnswer:"}],
         tokenize=False, add_generation_prompt=True,
     )
     manual = answer_questions(llama, tokenizer, [rendered], max_new_tokens=4, prompt_template="{q}")

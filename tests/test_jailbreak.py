@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hf_unlearn.concepts import ConceptVector
-from hf_unlearn.concepts.behaviour import answer_questions
-from hf_unlearn.concepts.jailbreak import (
+from hf_unlearn.evaluation.generation import answer_questions
+from hf_unlearn.evaluation.jailbreak import (
     JAILBREAK_FAMILIES,
     SAFETY_SYSTEM_PROMPT,
     grandmother_prompt,
@@ -86,8 +86,8 @@ def test_jailbreak_prompts_families():
     assert all(len(p) == 2 for p in prompts.values())
     prompts = jailbreak_prompts(HARRY, translations=GERMAN, families=["translated", "plain"])
     assert prompts["translated"] == GERMAN["Harry Potter"]
-    assert prompts["plain"] == ["Question:  Who wrote Harry Potter?\n\n Answer:",
-                                "Question:  What is Hogwarts?\n\n Answer:"]
+    assert prompts["plain"] == ["Question:  Who wrote Harry Potter?\n\nAnswer:",
+                                "Question:  What is Hogwarts?\n\nAnswer:"]
     no_text = jailbreak_prompts("Netflix", questions=["What is Netflix?"], translations=GERMAN)
     assert list(no_text) == ["role_play", "grandmother", "translated"]  # in_context needs a source text
     only = jailbreak_prompts("Netflix", families=["translated"], translations=GERMAN)

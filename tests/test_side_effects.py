@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import FORGET_TEXTS, RETAIN_TEXTS, trained_tiny
 
-from hf_unlearn.concepts import ConceptVector, answer_questions
-from hf_unlearn.dissect import jailbreak_attack, relearning_attack, side_effects
+from hf_unlearn.concepts import ConceptVector
+from hf_unlearn.dissect import side_effects
+from hf_unlearn.evaluation import answer_questions, jailbreak_attack, relearning_attack
 
 QUESTIONS = ["harry potter studied at", "the capital city of france is"]
 

@@ -43,12 +43,12 @@ from torch import nn
 
 from ..architectures import decoder_layers, final_norm_gain, mlp_out_module, unembedding, value_vectors_view
 from ..data import UnlearningCollator, tokenize_pair
+from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from ..losses import IGNORE_INDEX, sequence_log_probs
 from .projection import scan_value_vectors
 from .records import ConceptVector
 
 __all__ = [
-    "DEFAULT_PROMPT",
     "SCORERS",
     "ConceptScores",
     "attribution_scores",
@@ -60,9 +60,6 @@ __all__ = [
     "vocab_scores",
 ]
 
-#: Prompt for question/answer pairs (``{q}`` is the question, as in :mod:`hf_unlearn.concepts.behaviour`); the answer
-#: follows it, teacher forced.
-DEFAULT_PROMPT = "Question: {q}\nAnswer:"
 SCORERS = ("vocab", "attribution")
 
 
@@ -271,7 +268,7 @@ def attribution_scores(
     answers: Sequence[str] | None = None,
     text: str | Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
-    prompt_template: str = DEFAULT_PROMPT,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     chat: bool = False,
     batch_size: int | None = None,
     max_length: int | None = 512,
@@ -511,7 +508,7 @@ def score_value_vectors(
     background_text: str | Sequence[str] | None = None,
     scorer: str | Sequence[str] = "attribution",
     layers: Sequence[int] | None = None,
-    prompt_template: str = DEFAULT_PROMPT,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     chat: bool = False,
     attribution_data: str = "auto",
     contrastive: bool = True,
@@ -642,7 +639,7 @@ def locate_concept_vectors(
     scorer: str | Sequence[str] = "attribution",
     layers: Sequence[int] | None = None,
     top_n: int = 20,
-    prompt_template: str = DEFAULT_PROMPT,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     chat: bool = False,
     attribution_data: str = "auto",
     contrastive: bool = True,

@@ -19,8 +19,10 @@ from typing import Any
 from torch import nn
 
 from ..architectures import value_vectors_view
+from ..evaluation.generation import answer_questions
+from ..evaluation.overlap import text_overlap
+from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from .ablation import ABLATIONS, ablate_concept_vector
-from .behaviour import DEFAULT_PROMPT_TEMPLATE, answer_questions, text_overlap
 from .records import ConceptVector
 
 __all__ = ["AnswerComparison", "ValidationResult", "validate_concept_vector"]

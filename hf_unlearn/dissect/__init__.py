@@ -1,10 +1,10 @@
-"""Dissection of fine-tuning unlearning: activation patching, parameter restoration, side effects, attacks."""
+"""Dissection of fine-tuning unlearning: activation patching, parameter restoration, side effects."""
 
 from .hooks import SITES, patch_activations, record_activations
 from .probes import Probe, ProbeBatch, encode_probes, make_probes
 from .recovery import activation_patching, knowledge_recovery_score, parameter_restoration
 from .results import DissectionTable
-from .side_effects import jailbreak_attack, relearning_attack, side_effects
+from .side_effects import side_effects
 
 __all__ = [
     "SITES",
@@ -13,12 +13,10 @@ __all__ = [
     "ProbeBatch",
     "activation_patching",
     "encode_probes",
-    "jailbreak_attack",
     "knowledge_recovery_score",
     "make_probes",
     "parameter_restoration",
     "patch_activations",
     "record_activations",
-    "relearning_attack",
     "side_effects",
 ]

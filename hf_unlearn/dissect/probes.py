@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..concepts.behaviour import DEFAULT_PROMPT_TEMPLATE as DEFAULT_TEMPLATE
-from ..concepts.behaviour import answer_questions
+from ..evaluation.generation import answer_questions
+from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE as DEFAULT_TEMPLATE
 
 
 @dataclass

@@ -25,9 +25,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from .behaviour import DEFAULT_PROMPT_TEMPLATE
-from .records import ConceptVector
+from .prompts import DEFAULT_PROMPT_TEMPLATE
+
+#: A concept: its name, or a record with ``.concept`` (the name) and optionally ``.questions`` and ``.source_text``
+#: (a :class:`hf_unlearn.concepts.ConceptVector`).
+Concept = Any
 
 __all__ = [
     "JAILBREAK_FAMILIES",
@@ -67,8 +71,8 @@ _IN_CONTEXT = (
 )
 
 
-def _name(concept: ConceptVector | str) -> str:
-    return concept.concept if isinstance(concept, ConceptVector) else str(concept)
+def _name(concept: Concept) -> str:
+    return str(getattr(concept, "concept", concept))
 
 
 def _wrap(body: str, wrapper: str | None, system_prompt: str | None) -> str:
@@ -84,7 +88,7 @@ def _wrap(body: str, wrapper: str | None, system_prompt: str | None) -> str:
 
 def role_play_prompt(
     question: str,
-    concept: ConceptVector | str,
+    concept: Concept,
     *,
     wrapper: str | None = "plain",
     system_prompt: str | None = SAFETY_SYSTEM_PROMPT,
@@ -101,7 +105,7 @@ def role_play_prompt(
 
 def grandmother_prompt(
     question: str,
-    concept: ConceptVector | str,
+    concept: Concept,
     *,
     wrapper: str | None = "plain",
     system_prompt: str | None = SAFETY_SYSTEM_PROMPT,
@@ -118,7 +122,7 @@ def grandmother_prompt(
 
 def in_context_prompt(
     question: str,
-    concept: ConceptVector | str,
+    concept: Concept,
     source_text: str | None = None,
     *,
     n_chars: int = 2000,
@@ -132,8 +136,8 @@ def in_context_prompt(
         >>> in_context_prompt(vector.questions[0], vector)  # uses vector.source_text[:2000]
         'You are a careful, honest ...'
     """
-    if source_text is None and isinstance(concept, ConceptVector):
-        source_text = concept.source_text
+    if source_text is None:
+        source_text = getattr(concept, "source_text", None)
     if not source_text:
         raise ValueError(f"no source text for {_name(concept)!r}: pass source_text=... for the in-context prompt")
     if n_chars < 1:
@@ -162,7 +166,7 @@ def load_translated_questions(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
-def translated_questions(concept: ConceptVector | str, translations: Mapping[str, Sequence[str]]) -> list[str]:
+def translated_questions(concept: Concept, translations: Mapping[str, Sequence[str]]) -> list[str]:
     """The translated questions of ``concept`` (exact name first, then a case-insensitive match).
 
     Example:
@@ -181,7 +185,7 @@ def translated_questions(concept: ConceptVector | str, translations: Mapping[str
 
 
 def jailbreak_prompts(
-    vector: ConceptVector | str,
+    vector: Concept,
     questions: Sequence[str] | None = None,
     families: Iterable[str] | None = None,
     translations: Mapping[str, Sequence[str]] | None = None,
@@ -205,10 +209,10 @@ def jailbreak_prompts(
         >>> answers = {f: answer_questions(model, tokenizer, p, prompt_template="{q}") for f, p in prompts.items()}
     """
     if questions is None:
-        questions = vector.questions if isinstance(vector, ConceptVector) else []
+        questions = getattr(vector, "questions", None) or []
     questions = list(questions)
-    if source_text is None and isinstance(vector, ConceptVector):
-        source_text = vector.source_text
+    if source_text is None:
+        source_text = getattr(vector, "source_text", None)
     name = _name(vector)
     has_translation = translations is not None and any(
         key == name or key.casefold() == name.casefold() for key in translations

@@ -1,4 +1,4 @@
-"""Behavioural probes: batched greedy answers and the text-overlap metrics (BLEU, ROUGE-L) used to compare them.
+"""Text overlap: BLEU and ROUGE-L, computed offline (``evaluate.load`` needs the Hub).
 
 ConceptVectors scores a model's answers against **another model's answers to the same prompt** (not against gold
 answers): 1.0 means "unchanged". BLEU is order-dependent, ROUGE-L F1 is not.
@@ -21,114 +21,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import torch
-from torch import nn
-
-__all__ = [
-    "DEFAULT_PROMPT_TEMPLATE",
-    "UnicodeWordTokenizer",
-    "answer_questions",
-    "bleu",
-    "rouge_l",
-    "text_overlap",
-]
-
-#: The ConceptVectors question prompt (the questions themselves often carry a leading space and a trailing newline).
-DEFAULT_PROMPT_TEMPLATE = "Question: {q}\n Answer:"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _render_prompts(
-    tokenizer: Any, questions: Sequence[str], prompt_template: str, chat: bool, system_prompt: str | None
-) -> list[str]:
-    prompts = [prompt_template.format(q=q) for q in questions]
-    if not chat:
-        return prompts
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("chat=True but the tokenizer has no chat_template; set one or pass chat=False")
-    rendered = []
-    for prompt in prompts:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": prompt})
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return rendered
-
-
-@torch.no_grad()
-def answer_questions(
-    model: nn.Module,
-    tokenizer: Any,
-    questions: str | Sequence[str],
-    max_new_tokens: int = 100,
-    batch_size: int = 16,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    chat: bool = False,
-    system_prompt: str | None = None,
-    progress: bool | None = None,
-    **generate_kwargs: Any,
-) -> list[str]:
-    """Greedy answers of ``model`` to ``questions``, one string per question, in order.
-
-    Each question is formatted with ``prompt_template`` (``"{q}"`` sends it verbatim, e.g. a built jailbreak prompt);
-    with ``chat=True`` that text becomes the user turn of the tokenizer's chat template (after an optional
-    ``system_prompt``). Batches are **left**-padded whatever the tokenizer's default (a decoder-only model continues
-    from the last position, so right padding would make it continue from pad tokens); the tokenizer's
-    ``padding_side``/``pad_token`` and the model's train/eval modes are restored afterwards. Only the new tokens are
-    decoded, special tokens skipped. Extra keyword arguments go to ``model.generate`` and override the greedy defaults.
-
-    Example:
-        >>> answers = answer_questions(model, tokenizer, vector.questions, max_new_tokens=100)
-        >>> answers[0]
-    """
-    from tqdm.auto import tqdm
-
-    if isinstance(questions, str):
-        questions = [questions]
-    questions = list(questions)
-    if "{q}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain '{{q}}', got {prompt_template!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not questions:
-        return []
-    prompts = _render_prompts(tokenizer, questions, prompt_template, chat, system_prompt)
-
-    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
-    # Per-module flags, not just model.training: a caller may deliberately keep some submodules in another mode.
-    saved_modes = [(module, module.training) for module in model.modules()]
-    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    try:
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
-            tokenizer.pad_token = tokenizer.eos_token
-        model.eval()
-        device = next(model.parameters()).device
-        is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                      pad_token_id=tokenizer.pad_token_id)
-        kwargs.update(generate_kwargs)
-        answers: list[str] = []
-        show = progress if progress is not None else len(batches) > 1
-        for batch in tqdm(batches, desc="Generating answers", disable=not show):
-            # A rendered chat template already holds the BOS token; adding special tokens again would double it.
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat,
-                            return_token_type_ids=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            output = model.generate(**enc, **kwargs)
-            new_tokens = output if is_encoder_decoder else output[:, enc["input_ids"].shape[1] :]
-            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        return answers
-    finally:
-        tokenizer.padding_side = saved_side
-        tokenizer.pad_token = saved_pad
-        for module, mode in saved_modes:
-            module.training = mode
+__all__ = ["UnicodeWordTokenizer", "bleu", "rouge_l", "rouge_l_recall", "text_overlap"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -237,6 +130,27 @@ def _rouge(tokenizer: Any = None) -> tuple[Any, Any]:
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=tokenizer), tokenizer
 
 
+def _rouge_score(hypothesis: str, reference: str, tokenizer: Any):
+    scorer, tok = _rouge(tokenizer)
+    if not tok.tokenize(hypothesis) and not tok.tokenize(reference):
+        return None
+    return scorer.score(reference, hypothesis)["rougeL"]
+
+
+def rouge_l_recall(hypothesis: str, reference: str, tokenizer: Any = None) -> float:
+    """ROUGE-L recall of ``hypothesis`` against ``reference`` (``LCS / |reference|``), as TOFU reports it for a
+    model's answer against the gold answer. Texts without a word score as :func:`rouge_l` does.
+
+    Example:
+        >>> rouge_l_recall("paris is the capital", "the capital is paris")  # LCS 2 of 4 reference words
+        0.5
+    """
+    score = _rouge_score(hypothesis, reference, tokenizer)
+    if score is None:
+        return 1.0 if hypothesis.split() == reference.split() else 0.0
+    return float(score.recall)
+
+
 def rouge_l(hypothesis: str, reference: str, tokenizer: Any = None) -> float:
     """ROUGE-L F1 (rouge-score, Porter stemming) between two texts; symmetric in its arguments.
 
@@ -249,10 +163,10 @@ def rouge_l(hypothesis: str, reference: str, tokenizer: Any = None) -> float:
         >>> rouge_l("the cat sat on the mat", "the cat is on the mat")  # LCS 5 of 6 tokens each side
         0.8333...
     """
-    scorer, tok = _rouge(tokenizer)
-    if not tok.tokenize(hypothesis) and not tok.tokenize(reference):
+    score = _rouge_score(hypothesis, reference, tokenizer)
+    if score is None:
         return 1.0 if hypothesis.split() == reference.split() else 0.0
-    return float(scorer.score(reference, hypothesis)["rougeL"].fmeasure)
+    return float(score.fmeasure)
 
 
 # --------------------------------------------------------------------------------------------------------------------
