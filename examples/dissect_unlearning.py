@@ -32,7 +32,6 @@ import hf_unlearn as hu  # noqa: E402
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.concepts import audit_concept_vectors  # noqa: E402
 from hf_unlearn.concepts.locate import locate_concept_vectors  # noqa: E402
-from hf_unlearn.data import UnlearningCollator, prepare_dataset  # noqa: E402
 from hf_unlearn.dissect import (  # noqa: E402
     DissectionTable,
     activation_patching,
@@ -40,7 +39,7 @@ from hf_unlearn.dissect import (  # noqa: E402
     parameter_restoration,
     side_effects,
 )
-from hf_unlearn.losses import sequence_log_probs  # noqa: E402
+from hf_unlearn.evaluation import answer_log_probs  # noqa: E402
 from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,17 +54,10 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
-@torch.no_grad()
 def mean_answer_log_prob(model, tokenizer, qa: list[tuple[str, str]]) -> float:
     """Mean per-token log-prob of the gold answers, teacher forced after the question."""
-    data = [{"prompt": TEMPLATE.format(q=q), "completion": " " + a} for q, a in qa]
-    rows = prepare_dataset(data, tokenizer, "probe", max_length=128)
-    batch = UnlearningCollator(tokenizer.pad_token_id)(
-        [{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows]
-    )
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    sums, counts = sequence_log_probs(logits, batch["labels"])
-    return float((sums / counts).mean())
+    scores = answer_log_probs(model, tokenizer, [q for q, _ in qa], [" " + a for _, a in qa], prompt_template=TEMPLATE)
+    return float(scores.mean.mean())
 
 
 def main() -> None:

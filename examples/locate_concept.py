@@ -43,8 +43,7 @@ from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noq
 from hf_unlearn.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 from hf_unlearn.concepts import ablate_concept_vector  # noqa: E402
 from hf_unlearn.concepts.locate import score_value_vectors  # noqa: E402
-from hf_unlearn.data import UnlearningCollator, tokenize_pair  # noqa: E402
-from hf_unlearn.losses import sequence_log_probs  # noqa: E402
+from hf_unlearn.evaluation import answer_log_probs  # noqa: E402
 from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,24 +69,17 @@ MIN_DROP = 0.1  # nats per token: below this a "5x" ratio is noise
 MAX_SIDE_DROP = 0.05
 
 
-def answer_log_probs(model, tokenizer, pairs: list[tuple[str, str]]) -> torch.Tensor:
+def pair_log_probs(model, tokenizer, pairs: list[tuple[str, str]]) -> torch.Tensor:
     """Mean log-probability per answer token of each gold answer, teacher forced after the few-shot prompt."""
-    features = []
-    for question, answer in pairs:
-        prompt, completion = tokenize_pair(tokenizer, FEW_SHOT.format(q=question), " " + answer)
-        features.append({"input_ids": prompt + completion, "attention_mask": [1] * (len(prompt) + len(completion)),
-                         "labels": [-100] * len(prompt) + completion})
-    batch = UnlearningCollator(tokenizer.pad_token_id)(features)
-    with torch.inference_mode():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        sums, counts = sequence_log_probs(logits, batch["labels"])
-    return sums / counts
+    questions, answers = [q for q, _ in pairs], [" " + a for _, a in pairs]
+    # One batch for every pair: the clean and the ablated runs then share the same numerics.
+    return answer_log_probs(model, tokenizer, questions, answers, prompt_template=FEW_SHOT, batch_size=len(pairs)).mean
 
 
 def measure(model, tokenizer, groups: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
     """Mean answer log-prob of each group, all groups in one batch (same numerics for clean and ablated runs)."""
     pairs = [pair for group in groups.values() for pair in group]
-    values = answer_log_probs(model, tokenizer, pairs)
+    values = pair_log_probs(model, tokenizer, pairs)
     out, start = {}, 0
     for name, group in groups.items():
         out[name] = float(values[start : start + len(group)].mean())

@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 import hf_unlearn
 from hf_unlearn.data import UnlearningCollator, prepare_dataset
-from hf_unlearn.losses import sequence_log_probs
+from hf_unlearn.evaluation import answer_log_probs
 
 FACT = {"prompt": "the wizard who studied at hogwarts is", "completion": " harry potter ."}
 RETAIN = [
@@ -41,13 +41,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
 
 
-def answer_log_probs(model, tokenizer, examples) -> list[float]:
+def completion_log_probs(model, tokenizer, examples) -> list[float]:
     """Sequence log-prob of each completion given its prompt (teacher forcing)."""
-    data = prepare_dataset(examples, tokenizer, "probe", max_length=64)
-    batch = UnlearningCollator(tokenizer.pad_token_id)([dict(r) for r in data])
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return sequence_log_probs(logits, batch["labels"])[0].tolist()
+    scores = answer_log_probs(
+        model, tokenizer, [e["prompt"] for e in examples], [e["completion"] for e in examples], prompt_template="{q}"
+    )
+    return scores.sum.tolist()
 
 
 def main() -> None:
@@ -88,7 +87,8 @@ def main() -> None:
         data_collator=UnlearningCollator(tokenizer.pad_token_id),
     ).train()
     model.eval()
-    before_fact, before_retain = answer_log_probs(model, tokenizer, [FACT]), answer_log_probs(model, tokenizer, RETAIN)
+    before_fact = completion_log_probs(model, tokenizer, [FACT])
+    before_retain = completion_log_probs(model, tokenizer, RETAIN)
 
     # 2. Unlearn it.
     trainer_cls, config_cls = METHODS[args.method]
@@ -104,7 +104,8 @@ def main() -> None:
     )
     trainer_cls(model, config, train_dataset=[FACT], retain_dataset=retain, processing_class=tokenizer).train()
     model.eval()
-    after_fact, after_retain = answer_log_probs(model, tokenizer, [FACT]), answer_log_probs(model, tokenizer, RETAIN)
+    after_fact = completion_log_probs(model, tokenizer, [FACT])
+    after_retain = completion_log_probs(model, tokenizer, RETAIN)
 
     print(f"\nmethod: {args.method}, {args.steps} steps")
     print(f"{'answer':60s} {'log p before':>12s} {'log p after':>12s}")

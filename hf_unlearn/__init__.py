@@ -16,7 +16,14 @@ from .concepts import (
     validate_concept_vector,
 )
 from .dissect import activation_patching, knowledge_recovery_score, parameter_restoration
-from .early_exit import EarlyExitConfig, EarlyExitForCausalLM
+from .early_exit import EarlyExitConfig, EarlyExitForCausalLM, evaluate_exits
+from .evaluation import (
+    QASet,
+    UnlearningEvaluation,
+    UnlearningEvaluationCallback,
+    answer_log_probs,
+    evaluate_unlearning,
+)
 from .trainers import (
     ConsistentEEConfig,
     ConsistentEETrainer,
@@ -68,6 +75,7 @@ __all__ = [
     "NPOTrainer",
     "NeedleConfig",
     "NeedleTrainer",
+    "QASet",
     "RMUConfig",
     "RMUTrainer",
     "SatImpConfig",
@@ -77,13 +85,18 @@ __all__ = [
     "UNDIALConfig",
     "UNDIALTrainer",
     "UnlearningConfig",
+    "UnlearningEvaluation",
+    "UnlearningEvaluationCallback",
     "UnlearningTrainer",
     "WGAConfig",
     "WGATrainer",
     "ablate_concept_vector",
     "activation_patching",
     "add_memorized_layers",
+    "answer_log_probs",
     "audit_concept_vectors",
+    "evaluate_exits",
+    "evaluate_unlearning",
     "get_adapter",
     "knowledge_recovery_score",
     "load_concept_vectors",

@@ -22,7 +22,7 @@ from hf_unlearn.concepts.locate import (
     vocab_scores,
 )
 from hf_unlearn.data import UnlearningCollator, tokenize_pair
-from hf_unlearn.losses import sequence_log_probs
+from hf_unlearn.evaluation import answer_log_probs
 
 CONCEPT = "harry potter"
 QUESTIONS = ["who studied at hogwarts ?", "what is the school of the wizard harry potter ?", "who is the wizard boy ?",
@@ -56,11 +56,8 @@ def encode(tok, questions, answers):
 
 
 def answer_log_prob(model, tok, questions, answers) -> float:
-    batch = encode(tok, questions, answers)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    sums, counts = sequence_log_probs(logits, batch["labels"])
-    return float((sums / counts).mean())
+    scores = answer_log_probs(model, tok, questions, [" " + a for a in answers], prompt_template="{q}")
+    return float(scores.mean.mean())
 
 
 def mlp_inputs(model, tok, layer, questions, answers) -> torch.Tensor:
