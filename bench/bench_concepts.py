@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import torch
+from readme_tables import update_table
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -232,19 +233,13 @@ def main() -> None:
             f"| **attribution / forward+backward** | **{attr_s / fb_s:.2f}** |",
         ]
     )
-    readme = ROOT / "README.md"
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    start, end = "<!-- concepts-table:start -->", "<!-- concepts-table:end -->"
-    block = f"{start}\n{table}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text += (
-            "\n## Concept vectors\n\n`bench_concepts.py` times the vocabulary-projection scan against a plain matmul "
-            "of the same FLOPs, samples its peak memory for two chunk sizes, and times the attribution scorer against "
-            "one forward+backward (`python bench/bench_concepts.py`).\n\n" + block + "\n"
-        )
-    atomic_write_text(readme, text)
+    update_table(
+        "concepts",
+        table,
+        "## Concept vectors\n\n`bench_concepts.py` times the vocabulary-projection scan against a plain matmul of the "
+        "same FLOPs, samples its peak memory for two chunk sizes, and times the attribution scorer against one "
+        "forward+backward (`python bench/bench_concepts.py`).",
+    )
     print(table)
 
 

