@@ -77,12 +77,12 @@ EXIT_LAYERS = list(range(8, 30, 2))
 # (supervised AUC 0.68-0.80 against 0.82-0.85 on these heads); with the confidence features it matches it.
 POLICY_FEATURES = "hidden+confidence"
 STRATEGIES = {
-    "policy": [0.05, 0.1, 0.15, 0.2, 0.3, 0.5],
-    "confidence": [0.5, 0.7, 0.8, 0.9, 0.95],
-    "entropy": [2.0, 1.0, 0.5, 0.25, 0.1],
-    "patience": [2, 3, 4],
-    "fixed": [16, 20, 24, 28],
-    "assistant_early_exit": [8, 14, 20],
+    "policy": [0.1, 0.2, 0.3, 0.5],
+    "confidence": [0.7, 0.9, 0.95],
+    "entropy": [1.0, 0.25],
+    "patience": [2, 4],
+    "fixed": [20, 28],
+    "assistant_early_exit": [8, 20],
 }
 
 
