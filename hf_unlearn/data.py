@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from pyarrow import ArrowException
 
 from .losses import IGNORE_INDEX
 
@@ -49,12 +50,37 @@ def to_dataset(data: Any, name: str) -> Dataset:
             rows = [{"text": row} for row in rows]
         if not all(isinstance(row, dict) for row in rows):
             raise ValueError(f"{name} must be a datasets.Dataset or a list of dicts or strings, not a mixed list")
-        dataset = Dataset.from_list(rows)
+        try:
+            dataset = Dataset.from_list(rows)
+        except (TypeError, ValueError, ArrowException) as error:
+            _raise_for_bad_row(rows, name)
+            raise ValueError(
+                f"{name} mixes value types within a column ({type(error).__name__}: {error}); give every row the "
+                "same type in each column (e.g. all strings)"
+            ) from None
     else:
         raise ValueError(f"{name} must be a datasets.Dataset or a list of dicts/strings, got {type(data).__name__}")
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty: unlearning needs at least one example")
     return dataset
+
+
+def _raise_for_bad_row(rows: list[dict], name: str) -> None:
+    """Name the row and column that Arrow could not store (it says neither)."""
+    first_type: dict[str, str] = {}
+    for index, row in enumerate(rows):
+        for column, value in row.items():
+            if isinstance(value, str):
+                _check_encodable(value, f"{name} row {index}, column {column!r}")
+            if value is None:
+                continue
+            kind = type(value).__name__
+            expected = first_type.setdefault(column, kind)
+            if kind != expected:
+                raise ValueError(
+                    f"{name} row {index}, column {column!r} is a {kind} while earlier rows hold a {expected}; give "
+                    "every row the same type in each column"
+                )
 
 
 def detect_format(columns: Sequence[str], name: str, preference: bool = False) -> str:
@@ -124,6 +150,70 @@ def _encode(prompt_ids: list[int], completion_ids: list[int], max_length: int | 
     return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": [1] * len(ids), f"{prefix}labels": labels}, truncated
 
 
+def _check_text(value: Any, name: str, index: int, column: str, conversation_ok: bool) -> None:
+    where = f"{name} row {index}, column {column!r}"
+    if value is None:
+        raise ValueError(f"{where} is None: give a string (drop the row or fill it in)")
+    if isinstance(value, list):
+        if not conversation_ok:
+            raise ValueError(f"{where} is a list; give a string (join the pieces, or use one row per text)")
+        if not value:
+            raise ValueError(f"{where} is an empty conversation: give at least one {{'role', 'content'}} message")
+        for turn, message in enumerate(value):
+            if not isinstance(message, dict) or "role" not in message or not isinstance(message.get("content"), str):
+                raise ValueError(f"{where}, message {turn} must be a dict with a 'role' and a string 'content'")
+            _check_encodable(message["content"], f"{where}, message {turn}")
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{where} is a {type(value).__name__}; give a string")
+    _check_encodable(value, where)
+
+
+def _check_encodable(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} holds a character UTF-8 cannot encode ({error.reason} at position {error.start}, e.g. a lone "
+            "surrogate from a bad decode): clean the text"
+        ) from None
+
+
+def validate_example(example: dict, fmt: str, name: str, index: int) -> None:
+    """Raise a ValueError naming the row and column when an example cannot be tokenised as ``fmt``."""
+    if fmt == LANGUAGE_MODELING:
+        _check_text(example["text"], name, index, "text", conversation_ok=False)
+    elif fmt == CONVERSATIONAL:
+        _check_text(example["messages"], name, index, "messages", conversation_ok=True)
+        if not isinstance(example["messages"], list) or example["messages"][-1].get("role") != "assistant":
+            raise ValueError(f"{name} row {index}: the 'messages' conversation must end with an assistant turn")
+    else:
+        answers = ("completion",) if fmt == PROMPT_COMPLETION else ("chosen", "rejected")
+        for column in ("prompt", *answers):
+            _check_text(example[column], name, index, column, conversation_ok=True)
+        for column in answers:
+            if isinstance(example["prompt"], list) != isinstance(example[column], list):
+                raise ValueError(
+                    f"{name} row {index}: 'prompt' and {column!r} must both be strings or both be lists of "
+                    "messages (a chat prompt needs a completion like [{'role': 'assistant', 'content': ...}])"
+                )
+
+
+def has_content(example: dict, fmt: str) -> bool:
+    """Whether an example has text to score: an empty text, completion or last assistant turn has none (its
+    tokens would be only template tokens such as the end-of-turn marker)."""
+    def content(value: Any) -> str:
+        return " ".join(m["content"] for m in value) if isinstance(value, list) else value
+
+    if fmt == LANGUAGE_MODELING:
+        return bool(example["text"].strip())
+    if fmt == CONVERSATIONAL:
+        return bool(example["messages"][-1]["content"].strip())
+    if fmt == PROMPT_COMPLETION:
+        return bool(content(example["completion"]).strip())
+    return bool(content(example["chosen"]).strip()) and bool(content(example["rejected"]).strip())
+
+
 def tokenize_example(example: dict, tokenizer, fmt: str, max_length: int | None) -> tuple[dict, bool]:
     """Tokenise one example; returns the new columns and whether anything was truncated."""
     if fmt == LANGUAGE_MODELING:
@@ -157,10 +247,20 @@ def prepare_dataset(
     """
     dataset = to_dataset(data, name)
     if "input_ids" in dataset.column_names or "chosen_input_ids" in dataset.column_names:
-        if INDEX_COLUMN not in dataset.column_names:
-            dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-        return dataset
+        return _check_tokenized(dataset, name)
     fmt = detect_format(dataset.column_names, name, preference=preference)
+    for index, example in enumerate(dataset):
+        validate_example(example, fmt, name, index)
+    keep = [index for index, example in enumerate(dataset) if has_content(example, fmt)]
+    if not keep:
+        raise ValueError(f"every example of {name} is empty (no text, completion or assistant content to score)")
+    if len(keep) < len(dataset):
+        warnings.warn(
+            f"dropped {len(dataset) - len(keep)} of {len(dataset)} examples of {name} that have nothing to score "
+            "(empty text, completion or last assistant turn)",
+            stacklevel=3,
+        )
+        dataset = dataset.select(keep)
 
     def _map(example, index):
         out, truncated = tokenize_example(example, tokenizer, fmt, max_length)
@@ -176,17 +276,51 @@ def prepare_dataset(
             stacklevel=3,
         )
     dataset = dataset.remove_columns("_truncated")
-    empty = sum(1 for labels in dataset[_labels_column(dataset)] if all(x == IGNORE_INDEX for x in labels[1:]))
-    if empty == len(dataset):
-        raise ValueError(
-            f"no example of {name} has a token to score: the completions are empty or max_length={max_length} cut "
-            "them off"
+    return _drop_unscored(dataset, name, f"the completions are empty after tokenisation or max_length={max_length} "
+                                        "cut them off")
+
+
+def _check_tokenized(dataset: Dataset, name: str) -> Dataset:
+    """The checks text data gets, for a dataset that arrives tokenised."""
+    prefixes = ("chosen_", "rejected_") if "chosen_input_ids" in dataset.column_names else ("",)
+    for prefix in prefixes:
+        for column in (f"{prefix}input_ids", f"{prefix}labels"):
+            if column not in dataset.column_names:
+                raise ValueError(
+                    f"{name} is tokenised but has no {column!r} column; add it (labels = input_ids with -100 "
+                    "at positions not to score) or pass the text instead"
+                )
+        for index, (ids, labels) in enumerate(zip(dataset[f"{prefix}input_ids"], dataset[f"{prefix}labels"])):
+            if len(ids) != len(labels):
+                raise ValueError(
+                    f"{name} row {index}: {prefix}input_ids has {len(ids)} tokens but {prefix}labels has "
+                    f"{len(labels)}; they must align"
+                )
+    if "attention_mask" not in dataset.column_names and "input_ids" in dataset.column_names:
+        dataset = dataset.add_column("attention_mask", [[1] * len(ids) for ids in dataset["input_ids"]])
+    if INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    return _drop_unscored(dataset, name, "every label is -100")
+
+
+def _drop_unscored(dataset: Dataset, name: str, why: str) -> Dataset:
+    # A row whose labels are all -100 (the first position never predicts anything) contributes a 0/0 loss; a
+    # batch of such rows crashes inside the model, possibly hours into a run.
+    columns = [c for c in ("labels", "chosen_labels", "rejected_labels") if c in dataset.column_names]
+    labels = [dataset[c] for c in columns]
+    keep = [
+        index for index in range(len(dataset)) if all(any(x != IGNORE_INDEX for x in ls[index][1:]) for ls in labels)
+    ]
+    if not keep:
+        raise ValueError(f"no example of {name} has a token to score: {why}")
+    if len(keep) < len(dataset):
+        warnings.warn(
+            f"dropped {len(dataset) - len(keep)} of {len(dataset)} examples of {name} with no token to score ({why})",
+            stacklevel=4,
         )
+        dataset = dataset.select(keep)
+        dataset = dataset.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, list(range(len(dataset))))
     return dataset
-
-
-def _labels_column(dataset: Dataset) -> str:
-    return "labels" if "labels" in dataset.column_names else "rejected_labels"
 
 
 def ensure_pad_token(tokenizer) -> None:
