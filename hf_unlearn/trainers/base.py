@@ -7,9 +7,10 @@ the non-finite-loss guard and the model-card tags. A subclass says how its data 
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,7 @@ from transformers.trainer_utils import set_seed
 
 from ..architectures import unwrap_model
 from ..data import UnlearningCollator, ensure_pad_token
+from .checkpoints import resolve_resume_checkpoint
 
 
 @dataclass
@@ -154,10 +156,7 @@ class BaseTrainer(Trainer):
                 "defaults live in its own config"
             )
         if isinstance(args, TrainingArguments):
-            init_fields = {f.name for f in fields(args) if f.init}
-            values = {f: getattr(args, f) for f in init_fields}
-            # Re-resolve precision for the new class rather than inheriting a possibly stale value.
-            return config_class(**values)
+            return _convert_training_arguments(args, config_class)
         raise TypeError(f"args must be a {config_class.__name__}, got {type(args).__name__}")
 
     def _load_model(self, model, args: BaseConfig) -> nn.Module:
@@ -191,7 +190,28 @@ class BaseTrainer(Trainer):
         """Validate and tokenise the datasets (each subclass knows its formats)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ metrics and the guard
+    def train(self, resume_from_checkpoint: bool | str | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        # `True` must skip a checkpoint left incomplete by a process killed while saving.
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    # ------------------------------------------------------------------ metrics and the guards
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        # A finite loss can still give a non-finite gradient; stop before the optimizer writes it into the weights
+        # (and a checkpoint saves them). The norm is already reduced across ranks, so every rank stops together.
+        # Under fp16 the grad scaler skips such steps itself.
+        if grad_norm is not None and not self.args.fp16 and not torch.isfinite(torch.as_tensor(grad_norm)).all():
+            raise FloatingPointError(
+                f"{self.method_name}: non-finite gradient norm ({float(grad_norm)}) at step "
+                f"{self.state.global_step + 1} with a finite loss. Training stopped before the update; checkpoints "
+                "already in output_dir are untouched. Lower the learning rate, set max_grad_norm, or check the data "
+                "of this step."
+            )
+        return grad_norm
 
     def _check_finite(self, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
         finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -243,6 +263,35 @@ class BaseTrainer(Trainer):
             self._num_non_embedding_params = unwrap_model(self.model).num_parameters(exclude_embeddings=True)
         tokens = sum(v.numel() for k, v in _flatten(inputs) if k.endswith("input_ids"))
         return 6 * self._num_non_embedding_params * tokens
+
+
+def _convert_training_arguments(args: TrainingArguments, config_class: type[BaseConfig]) -> BaseConfig:
+    """Plain ``TrainingArguments`` as the method's config: a field left at ``TrainingArguments``' default takes the
+    method's default (Needle's learning rate 0.2, not 5e-5); a field the user changed is kept."""
+    plain = TrainingArguments(output_dir=args.output_dir)
+    method_defaults = {f.name: f for f in fields(config_class) if f.init}
+    values, replaced = {}, []
+    for f in fields(args):
+        if not f.init:
+            continue
+        value = getattr(args, f.name)
+        if f.name != "output_dir" and value == getattr(plain, f.name, _MISSING):
+            default = method_defaults.get(f.name)
+            if default is not None and default.default is not MISSING and default.default != value:
+                replaced.append(f"{f.name}={default.default!r}")
+            continue
+        values[f.name] = value
+    if replaced:
+        warnings.warn(
+            f"plain TrainingArguments converted to {config_class.__name__}: fields left at TrainingArguments' "
+            f"defaults take the method's ({', '.join(replaced)}). Pass a {config_class.__name__} to set them "
+            "explicitly.",
+            stacklevel=4,
+        )
+    return config_class(**values)
+
+
+_MISSING = object()
 
 
 def _mean(values: list[torch.Tensor]) -> float:
