@@ -137,3 +137,23 @@ def test_a_trainer_given_plain_training_arguments_trains_with_the_method_default
                                        train_dataset=FORGET_TEXTS, processing_class=tokenizer)
     assert trainer.args.learning_rate == config.learning_rate == 1e-5
     assert trainer.args.use_cpu is True
+
+
+@pytest.mark.parametrize(
+    ("config_class", "values", "match"),
+    [
+        (hu.GradDiffConfig, {"forget_weight": -1.0}, "forget_weight=-1.0 is invalid"),
+        (hu.GradDiffConfig, {"retain_weight": -0.5}, "retain_weight=-0.5 is invalid"),
+        (hu.NPOConfig, {"beta": float("nan")}, "beta=nan is invalid"),
+        (hu.SimNPOConfig, {"beta": float("inf")}, "beta=inf is invalid"),
+        (hu.IdkDPOConfig, {"beta": 0.0}, "beta=0.0 is invalid"),
+        (hu.UNDIALConfig, {"beta": 0.0}, "nothing unlearned"),
+        (hu.WGAConfig, {"beta": -1.0}, "beta=-1.0 is invalid"),
+        (hu.SatImpConfig, {"beta2": -2.0}, "beta2=-2.0 is invalid"),
+        (hu.RMUConfig, {"rmu_layer": 2, "trainable_layers": [3, 4]}, "must be at or below"),
+        (hu.RMUConfig, {"trainable_layers": []}, "at least one trainable layer"),
+    ],
+)
+def test_values_the_loss_cannot_mean_are_refused_at_config_time(config_class, values, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        config_class(output_dir=str(tmp_path), **values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,10 @@ class IdkDPOConfig(UnlearningConfig):
 
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the DPO loss."})
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0 (got {self.beta})")
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "beta": (0.0, False, "the DPO inverse temperature"),
+    }
 
 
 def _pad_to(t: torch.Tensor, length: int, value: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .. import losses
 from .unlearning import UnlearningConfig, UnlearningTrainer
@@ -20,10 +21,10 @@ class NPOConfig(UnlearningConfig):
 
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the NPO loss."})
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0 (got {self.beta})")
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "beta": (0.0, False, "NPO's inverse temperature"),
+    }
 
 
 class NPOTrainer(UnlearningTrainer):
@@ -79,10 +80,10 @@ class SimNPOConfig(UnlearningConfig):
     simnpo_gamma: float = field(default=0.0, metadata={"help": "Reward margin of the SimNPO loss."})
     forget_weight: float = field(default=0.125, metadata={"help": "Weight γ of the forget term (SimNPO: 0.125)."})
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0 (got {self.beta})")
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "beta": (0.0, False, "SimNPO's inverse temperature"),
+    }
 
 
 class SimNPOTrainer(UnlearningTrainer):

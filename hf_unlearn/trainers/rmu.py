@@ -49,6 +49,21 @@ class RMUConfig(UnlearningConfig):
 
     retain_losses: ClassVar[tuple[str, ...]] = ("none", "nll", "kl", "embed_diff")
 
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "steering_coeff": (0.0, False, "the norm of the steering target"),
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        layers = self.resolved_trainable_layers()
+        if self.rmu_layer < 0 or not layers or min(layers) > self.rmu_layer:
+            raise ValueError(
+                f"RMUConfig: rmu_layer={self.rmu_layer}, trainable_layers={layers}: RMU steers the output of layer "
+                "rmu_layer, so at least one trainable layer must be at or below it (and rmu_layer >= 0); e.g. "
+                f"trainable_layers={[max(self.rmu_layer - 2, 0), self.rmu_layer]}"
+            )
+
     def resolved_trainable_layers(self) -> list[int]:
         if self.trainable_layers is not None:
             return list(self.trainable_layers)

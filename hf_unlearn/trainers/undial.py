@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .. import losses
 from .unlearning import UnlearningConfig, UnlearningTrainer, detached_nll
@@ -24,6 +25,10 @@ class UNDIALConfig(UnlearningConfig):
     learning_rate: float = field(default=1e-4, metadata={"help": "Initial learning rate for AdamW."})
     retain_loss: str = field(default="none", metadata={"help": "Retain term: 'none' (UNDIAL default), 'nll' or 'kl'."})
 
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "beta": (0.0, False, "with beta = 0 the target is the reference itself: distillation, nothing unlearned"),
+    }
 
 class UNDIALTrainer(UnlearningTrainer):
     """UNDIAL: cross-entropy to ``softmax(z_ref - β·e_y)`` over the scored forget positions.

@@ -81,8 +81,23 @@ class UnlearningConfig(BaseConfig):
     )
 
     retain_losses: ClassVar[tuple[str, ...]] = ("none", "nll", "kl")
+    #: ``field -> (lowest, lowest is allowed, what the value means)``: values the loss cannot mean are refused when
+    #: the config is built, not discovered as a run that trains towards the forget set.
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        "forget_weight": (0.0, False, "a weight of 0 or below stops forgetting or trains towards the forget set"),
+        "retain_weight": (0.0, True, "a negative weight pushes the model away from the retain set"),
+    }
 
     def __post_init__(self):
+        for name, (lowest, inclusive, why) in self.value_ranges.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+                bound = f">= {lowest}" if inclusive else f"> {lowest}"
+                raise ValueError(
+                    f"{type(self).__name__}.{name}={value} is invalid: it must be finite and {bound} ({why})"
+                )
         if self.retain_loss not in self.retain_losses:
             raise ValueError(
                 f"retain_loss={self.retain_loss!r} is not supported by {type(self).__name__}; choose one of "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .. import losses
 from .unlearning import UnlearningConfig, UnlearningTrainer, detached_nll
@@ -20,6 +21,10 @@ class WGAConfig(UnlearningConfig):
 
     beta: float = field(default=1.0, metadata={"help": "Exponent of the token weight p_t^beta."})
 
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "beta": (0.0, True, "a negative exponent weights confident tokens down"),
+    }
 
 class WGATrainer(UnlearningTrainer):
     """Weighted gradient ascent: ascent on each forget token weighted by its (detached) probability ``p_t^β``.
@@ -63,6 +68,11 @@ class SatImpConfig(UnlearningConfig):
     beta2: float = field(default=1.0, metadata={"help": "Exponent of 1 - p_t in the token weight."})
     forget_weight: float = field(default=0.1, metadata={"help": "Weight γ of the forget term (SatImp YAML: 0.1)."})
 
+    value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
+        **UnlearningConfig.value_ranges,
+        "beta1": (0.0, True, "a negative exponent inverts the weighting"),
+        "beta2": (0.0, True, "a negative exponent inverts the weighting"),
+    }
 
 class SatImpTrainer(WGATrainer):
     """SatImp: token-weighted ascent with weight ``p_t^β1·(1-p_t)^β2`` (favours tokens neither known nor forgotten).
