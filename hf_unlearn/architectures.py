@@ -169,8 +169,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def mlp_out_module(model: nn.Module, layer: int) -> nn.Module:
     """The MLP output projection of decoder layer ``layer``."""
     layers = decoder_layers(model)
-    if not -len(layers) <= layer < len(layers):
-        raise IndexError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")
+    # Layers count from 0 everywhere in the library; a negative index is refused rather than read from the end.
+    if not 0 <= layer < len(layers):
+        raise IndexError(f"layer {layer} out of range: the model has {len(layers)} decoder layers (0 to "
+                         f"{len(layers) - 1})")
     return layers[layer].get_submodule(get_adapter(model).mlp_out)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hf_unlearn.concepts import ConceptVector, load_concept_vectors, save_concept_vectors
+from hf_unlearn.concepts.records import as_vector_refs
 
 
 def record(**overrides):
@@ -58,7 +61,7 @@ def test_string_integers_are_coerced(tmp_path):
     [v] = load_concept_vectors(write(tmp_path, [record(Layer="20", Dim="10513", ID="26")]))
     assert (v.layer, v.dim, v.id) == (20, 10513, 26)
     assert all(type(x) is int for x in (v.layer, v.dim, v.id))
-    with pytest.raises(ValueError, match=r"record 1 \('Harry Potter'\).*integers"):
+    with pytest.raises(ValueError, match=r"record 1 \('Harry Potter'\): 'Layer' must be a non-negative integer"):
         load_concept_vectors(write(tmp_path, [record(), record(Layer="twenty")]))
 
 
@@ -94,3 +97,88 @@ def test_clear_errors(tmp_path):
         load_concept_vectors(write(tmp_path, [record(), {k: v for k, v in record().items() if k != "Layer"}]))
     with pytest.raises(FileNotFoundError):
         load_concept_vectors(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"Layer": 1.9}, r"'Layer' must be a non-negative integer .* got 1.9"),
+        ({"Layer": True}, r"'Layer' must be a non-negative integer .* got True"),
+        ({"Dim": "\u0661\u0662"}, r"'Dim' must be a non-negative integer"),  # Arabic-Indic digits
+        ({"Layer": -1}, r"'Layer' must be a non-negative integer .* got -1"),
+        ({"Dim": 10**30}, r"'Dim' must be a non-negative integer"),
+        ({"QA": "who is harry?"}, r"'QA' must be a list, got a str"),
+        ({"QA": ["who?", 3]}, r"QA\[1\] must be a string"),
+        ({"Concept": 123}, r"'Concept' must be a non-empty string"),
+        ({"text_completion": [{"prompt": 1}]}, r"text_completion\[0\] must be an object of strings"),
+        ({"wikipedia_content": ["a"]}, r"'wikipedia_content' must be a string"),
+        ({"scores": {"bleu": "high"}}, r"scores\['bleu'\] must be a number"),
+    ],
+)
+def test_every_field_is_checked_with_the_record_and_field_named(tmp_path, changes, match):
+    with pytest.raises(ValueError, match=match):
+        load_concept_vectors(write(tmp_path, [record(), record(**changes)]))
+
+
+def test_a_record_that_is_not_an_object_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"record 1 is a list"):
+        load_concept_vectors(write(tmp_path, [record(), [1, 2]]))
+
+
+def test_a_missing_local_file_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("looked up on the Hub"))
+    for missing in (tmp_path / "concepts.json", tmp_path / "sub" / "concepts", "data/concepts/dev",
+                    "concepts_dev.json"):
+        with pytest.raises(FileNotFoundError, match="no concept-vector file"):
+            load_concept_vectors(missing)
+
+
+def test_negative_locations_are_refused_everywhere():
+    from hf_unlearn.concepts import ConceptVector
+
+    with pytest.raises(ValueError, match="non-negative"):
+        ConceptVector("Harry Potter", layer=-1, dim=3)
+    with pytest.raises(ValueError, match="no negative indices"):
+        as_vector_refs([(1, 2), (-1, 3)])
+
+
+def test_negative_layers_are_refused_by_ablation_and_the_value_vector_view(tokenizer):
+    from conftest import tiny_llama
+
+    from hf_unlearn.architectures import value_vectors_view
+    from hf_unlearn.concepts import ablate_concept_vector
+
+    model = tiny_llama(tokenizer)
+    with pytest.raises(ValueError, match="no negative indices"), ablate_concept_vector(model, (-1, 0)):
+        pass
+    with pytest.raises(IndexError, match="layer -1 out of range"):
+        value_vectors_view(model, -1)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=10,
+)
+RECORDS = st.fixed_dictionaries(
+    {},
+    optional={key: JSON_VALUES for key in ("Concept", "Layer", "Dim", "QA", "text_completion", "unrelated_QA",
+                                           "wikipedia_content", "id", "answers", "answers_tokens_num", "scores")},
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.lists(RECORDS | JSON_VALUES, max_size=3) | JSON_VALUES)
+def test_any_json_gives_records_or_a_value_error(tmp_path, data):
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps(data))
+    try:
+        vectors = load_concept_vectors(path)
+    except ValueError:
+        return
+    for vector in vectors:
+        assert isinstance(vector.concept, str) and vector.concept.strip()
+        assert type(vector.layer) is int and vector.layer >= 0 and type(vector.dim) is int and vector.dim >= 0
+        assert all(isinstance(q, str) for q in vector.questions)

@@ -9,23 +9,14 @@ import torch
 from torch import nn
 
 from ..architectures import value_vectors_view
-from .records import ConceptVector
+from .records import ConceptVector, VectorRef, as_vector_refs
 
-VectorRef = ConceptVector | tuple[int, int]
 ABLATIONS = ("noise", "zero", "mean")
 
 
 def _locations(vectors: VectorRef | Iterable[VectorRef]) -> list[tuple[int, int]]:
-    if isinstance(vectors, ConceptVector) or (
-        isinstance(vectors, tuple) and len(vectors) == 2 and all(isinstance(x, int) for x in vectors)
-    ):
-        vectors = [vectors]
-    out = []
-    for v in vectors:
-        out.append(v.location if isinstance(v, ConceptVector) else (int(v[0]), int(v[1])))
-    if not out:
-        raise ValueError("no concept vector given to ablate")
-    return out
+    refs = as_vector_refs(vectors)
+    return [ref.location if isinstance(ref, ConceptVector) else ref for ref in refs]
 
 
 @contextmanager

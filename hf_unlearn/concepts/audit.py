@@ -34,8 +34,7 @@ from torch import nn
 
 from ..architectures import decoder_layers, final_norm_gain, get_adapter, mlp_out_module, unwrap_model
 from ..atomic_files import atomic_write_text
-from .records import ConceptVector
-from .validation import VectorRef, as_vector_refs
+from .records import ConceptVector, VectorRef, as_vector_refs
 
 __all__ = ["ENGLISH_STOPWORDS", "AuditTable", "audit_concept_vectors"]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +43,45 @@ class ConceptVector:
     def location(self) -> tuple[int, int]:
         return self.layer, self.dim
 
+    def __post_init__(self):
+        # One rule everywhere a concept vector is used: layers and dims count from 0 (a negative index would
+        # silently count from the end in some code paths and be refused in others).
+        for name in ("layer", "dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ConceptVector({self.concept!r}).{name}={value!r}: give a non-negative integer")
+
     @classmethod
-    def from_json(cls, obj: dict[str, Any], position: int | None = None) -> ConceptVector:
-        """Parse one released record; ``Layer``/``Dim``/``id`` may be numeric strings, the id may be absent."""
+    def from_json(cls, obj: Any, position: int | None = None) -> ConceptVector:
+        """Parse one released record; ``Layer``/``Dim``/``id`` may be decimal strings, the id may be absent.
+        Every field is checked: a wrong type is a ValueError naming the record and the field."""
         where = f"record {position}" if position is not None else "record"
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where} is a {type(obj).__name__}; a concept vector record is a JSON object")
         missing = [key for key in ("Concept", "Layer", "Dim") if key not in obj]
         if missing:
             raise ValueError(f"{where} lacks {missing}; a concept vector record needs 'Concept', 'Layer' and 'Dim'")
+        concept = obj["Concept"]
+        if not isinstance(concept, str) or not concept.strip():
+            raise ValueError(f"{where}: 'Concept' must be a non-empty string, got {concept!r}")
+        where = f"{where} ({concept!r})"
         raw_id = obj.get("id", obj.get("ID"))
-        try:
-            layer, dim = int(obj["Layer"]), int(obj["Dim"])
-            record_id = int(raw_id) if raw_id not in (None, "") else None
-        except (TypeError, ValueError) as error:
-            name = obj.get('Concept')
-            raise ValueError(f"{where} ({name!r}): Layer, Dim and id must be integers: {error}") from None
         return cls(
-            concept=obj["Concept"],
-            layer=layer,
-            dim=dim,
-            questions=list(obj.get("QA") or []),
-            text_completions=list(obj.get("text_completion") or []),
-            unrelated_questions=list(obj.get("unrelated_QA") or []),
-            source_text=obj.get("wikipedia_content") or "",
-            id=record_id,
-            answers=obj.get("answers"),
-            qa_with_answers=obj.get("QA_with_answers"),
-            answers_tokens_num=obj.get("answers_tokens_num"),
-            scores=dict(obj.get("scores") or {}),
+            concept=concept,
+            layer=_index(obj["Layer"], where, "Layer"),
+            dim=_index(obj["Dim"], where, "Dim"),
+            questions=_strings(obj.get("QA"), where, "QA"),
+            text_completions=_completions(obj.get("text_completion"), where),
+            unrelated_questions=_strings(obj.get("unrelated_QA"), where, "unrelated_QA"),
+            source_text=_string(obj.get("wikipedia_content"), where, "wikipedia_content"),
+            id=_index(raw_id, where, "id") if raw_id not in (None, "") else None,
+            answers=_strings(obj["answers"], where, "answers") if obj.get("answers") is not None else None,
+            qa_with_answers=(_strings(obj["QA_with_answers"], where, "QA_with_answers")
+                             if obj.get("QA_with_answers") is not None else None),
+            answers_tokens_num=([_index(n, where, "answers_tokens_num") for n in _list(obj["answers_tokens_num"],
+                                                                                          where, "answers_tokens_num")]
+                                if obj.get("answers_tokens_num") is not None else None),
+            scores=_scores(obj.get("scores"), where),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +109,109 @@ class ConceptVector:
         return asdict(self)
 
 
+_MAX_INDEX = 10**7  # far above any model's layer count or MLP width; larger is a corrupt file, not a model
+
+
+def _index(value: Any, where: str, name: str) -> int:
+    """A non-negative integer, or a string of ASCII digits (the released files have both). Not a bool, not 1.9."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_INDEX:
+        raise ValueError(f"{where}: {name!r} must be a non-negative integer (or a string of digits), got {value!r}")
+    return value
+
+
+def _list(value: Any, where: str, name: str) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {name!r} must be a list, got a {type(value).__name__} ({value!r:.60})")
+    return value
+
+
+def _string(value: Any, where: str, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {name!r} must be a string, got a {type(value).__name__}")
+    return value
+
+
+def _strings(value: Any, where: str, name: str) -> list[str]:
+    if value is None:
+        return []
+    items = _list(value, where, name)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ValueError(f"{where}: {name}[{i}] must be a string, got a {type(item).__name__}")
+    return list(items)
+
+
+def _completions(value: Any, where: str) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    items = _list(value, where, "text_completion")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in item.items()):
+            raise ValueError(f"{where}: text_completion[{i}] must be an object of strings, got {item!r:.60}")
+    return [dict(item) for item in items]
+
+
+def _scores(value: Any, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: 'scores' must be an object of numbers, got a {type(value).__name__}")
+    out = {}
+    for key, score in value.items():
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise ValueError(f"{where}: scores[{key!r}] must be a number, got {score!r:.40}")
+        out[str(key)] = float(score)
+    return out
+
+
+def _looks_local(path: Path, text: str) -> bool:
+    """A path that cannot be a Hub dataset id (``owner/name``) or whose folder exists here."""
+    return (
+        bool(path.suffix)
+        or text.startswith((".", "/", "~"))
+        or text.count("/") != 1
+        or path.parent.is_dir() and str(path.parent) not in ("", ".")
+    )
+
+
+VectorRef = ConceptVector | tuple[int, int]
+
+
+def _checked_pair(pair: Sequence[Integral]) -> tuple[int, int]:
+    layer, dim = int(pair[0]), int(pair[1])
+    if layer < 0 or dim < 0:
+        raise ValueError(f"concept vector location {tuple(pair)}: layer and dim count from 0 (no negative indices)")
+    return layer, dim
+
+
+def as_vector_refs(vectors: VectorRef | Iterable[VectorRef]) -> list[VectorRef]:
+    """Normalise one ``ConceptVector``, one ``(layer, dim)`` or an iterable of them to a non-empty list.
+
+    Example:
+        >>> as_vector_refs((20, 10513))
+        [(20, 10513)]
+    """
+    if isinstance(vectors, ConceptVector) or (
+        isinstance(vectors, tuple) and len(vectors) == 2 and all(isinstance(x, Integral) for x in vectors)
+    ):
+        return [vectors if isinstance(vectors, ConceptVector) else _checked_pair(vectors)]
+    out: list[VectorRef] = []
+    for item in vectors:
+        if isinstance(item, ConceptVector):
+            out.append(item)
+        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(x, Integral) for x in item):
+            out.append(_checked_pair(item))
+        else:
+            raise TypeError(f"expected a ConceptVector or a (layer, dim) pair of ints, got {item!r}")
+    if not out:
+        raise ValueError("no concept vector given")
+    return out
+
+
 def load_concept_vectors(path_or_hub_id: str | os.PathLike, split: str = "train") -> list[ConceptVector]:
     """Read concept vectors from a released JSON file (a list of records) or a Hub dataset id.
 
@@ -109,8 +226,9 @@ def load_concept_vectors(path_or_hub_id: str | os.PathLike, split: str = "train"
         if not isinstance(data, list):
             raise ValueError(f"{path} must hold a JSON list of concept records, found a {type(data).__name__}")
         rows = data
-    elif path.suffix == ".json" or str(path_or_hub_id).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no concept-vector file at {path}")
+    elif _looks_local(path, str(path_or_hub_id)):
+        # A typo in a local path must not become a Hub request.
+        raise FileNotFoundError(f"no concept-vector file at {path} (a Hub dataset id looks like 'owner/name')")
     else:
         from datasets import load_dataset
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import Any
 
 from torch import nn
@@ -23,38 +22,13 @@ from ..evaluation.generation import answer_questions
 from ..evaluation.overlap import text_overlap
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from .ablation import ABLATIONS, ablate_concept_vector
-from .records import ConceptVector
+from .records import ConceptVector, VectorRef, as_vector_refs
 
 __all__ = ["AnswerComparison", "ValidationResult", "validate_concept_vector"]
 
-VectorRef = ConceptVector | tuple[int, int]
 BLEU_ORDERS = ("standard", "conceptvectors")
 #: ConceptVectors' text-completion prompt (used when ``score_completions=True``).
 COMPLETION_TEMPLATE = "Please complete the following paragraph: {q}"
-
-
-def as_vector_refs(vectors: VectorRef | Iterable[VectorRef]) -> list[VectorRef]:
-    """Normalise one ``ConceptVector``, one ``(layer, dim)`` or an iterable of them to a non-empty list.
-
-    Example:
-        >>> as_vector_refs((20, 10513))
-        [(20, 10513)]
-    """
-    if isinstance(vectors, ConceptVector) or (
-        isinstance(vectors, tuple) and len(vectors) == 2 and all(isinstance(x, Integral) for x in vectors)
-    ):
-        return [vectors if isinstance(vectors, ConceptVector) else (int(vectors[0]), int(vectors[1]))]
-    out: list[VectorRef] = []
-    for item in vectors:
-        if isinstance(item, ConceptVector):
-            out.append(item)
-        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(x, Integral) for x in item):
-            out.append((int(item[0]), int(item[1])))
-        else:
-            raise TypeError(f"expected a ConceptVector or a (layer, dim) pair of ints, got {item!r}")
-    if not out:
-        raise ValueError("no concept vector given")
-    return out
 
 
 def _location(ref: VectorRef) -> tuple[int, int]:
