@@ -166,6 +166,29 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return unwrap_model(model).get_submodule(get_adapter(model).layers)
 
 
+def check_same_layout(original: nn.Module, unlearned: nn.Module) -> None:
+    """Raise a ValueError, before any forward pass, unless the two models share architecture, depth, MLP width and
+    unembedding shape (vocabulary x hidden size): comparing them layer by layer is meaningless otherwise.
+
+    Example:
+        >>> check_same_layout(original, unlearned)  # an audit or a dissection of two models starts with this
+    """
+    types = [getattr(getattr(unwrap_model(m), "config", None), "model_type", None) for m in (original, unlearned)]
+    if types[0] != types[1]:
+        raise ValueError(f"the models have different architectures: original {types[0]!r}, unlearned {types[1]!r}")
+    n0, n1 = len(decoder_layers(original)), len(decoder_layers(unlearned))
+    if n0 != n1:
+        raise ValueError(f"the models have different depths: original {n0} decoder layers, unlearned {n1}")
+    e0 = tuple(unwrap_model(original).get_output_embeddings().weight.shape)
+    e1 = tuple(unwrap_model(unlearned).get_output_embeddings().weight.shape)
+    if e0 != e1:
+        raise ValueError(f"the unembeddings differ in shape (vocabulary x hidden): original {e0}, unlearned {e1}")
+    w0 = tuple(mlp_out_weight(original, 0).shape)
+    w1 = tuple(mlp_out_weight(unlearned, 0).shape)
+    if w0 != w1:
+        raise ValueError(f"the MLP output projections differ in shape: original {w0}, unlearned {w1}")
+
+
 def mlp_out_module(model: nn.Module, layer: int) -> nn.Module:
     """The MLP output projection of decoder layer ``layer``."""
     layers = decoder_layers(model)

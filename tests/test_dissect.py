@@ -198,3 +198,33 @@ def test_tagged_tables_draw_one_line_per_model_and_component(tokenizer, tmp_path
     assert combined.curve("parameter_restoration", "npo: mlp_out") == table.curve("parameter_restoration", "mlp_out")
     combined.plot(tmp_path / "c.png")
     assert "npo: mlp_out" in str(combined)
+
+
+@pytest.mark.parametrize("window", [-3, 0, 4, 2.0])
+def test_window_must_be_a_positive_odd_number(tokenizer, window):
+    model = tiny_llama(tokenizer)
+    for run in (activation_patching, parameter_restoration):
+        with pytest.raises(ValueError, match="positive odd number"):
+            run(model, copy.deepcopy(model), tokenizer, PROBES, window=window, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("other", "match"),
+    [
+        (lambda tok: tiny_gpt2(tok, hidden=32), "different architectures"),
+        (lambda tok: tiny_llama(tok, layers=3), "different depths"),
+        (lambda tok: tiny_llama(tok, hidden=64), "differ in shape"),
+    ],
+    ids=["llama-vs-gpt2", "depth", "hidden"],
+)
+def test_mismatched_models_are_refused_before_any_forward(tokenizer, other, match):
+    original, unlearned = tiny_llama(tokenizer), other(tokenizer)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the models were checked")
+
+    for model in (original, unlearned):
+        model.forward = no_forward
+    for run in (activation_patching, parameter_restoration):
+        with pytest.raises(ValueError, match=match):
+            run(original, unlearned, tokenizer, PROBES, progress=False)

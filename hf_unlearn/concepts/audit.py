@@ -32,7 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..architectures import decoder_layers, final_norm_gain, get_adapter, mlp_out_module, unwrap_model
+from ..architectures import (
+    check_same_layout,
+    decoder_layers,
+    final_norm_gain,
+    get_adapter,
+    mlp_out_module,
+    unwrap_model,
+)
 from ..atomic_files import atomic_write_text
 from .records import ConceptVector, VectorRef, as_vector_refs
 
@@ -118,19 +125,6 @@ def _value_matrix(model: nn.Module, layer: int, include_adapters: bool) -> torch
 
 def _unembedding(model: nn.Module, include_adapters: bool) -> torch.Tensor:
     return _effective_weight(unwrap_model(model).get_output_embeddings(), include_adapters).detach().float()
-
-
-def _check_compatible(original: nn.Module, unlearned: nn.Module) -> None:
-    types = [getattr(getattr(m, "config", None), "model_type", None) for m in (original, unlearned)]
-    if types[0] != types[1]:
-        raise ValueError(f"the models have different architectures: original {types[0]!r}, unlearned {types[1]!r}")
-    n0, n1 = len(decoder_layers(original)), len(decoder_layers(unlearned))
-    if n0 != n1:
-        raise ValueError(f"the models have different depths: original {n0} layers, unlearned {n1}")
-    e0 = unwrap_model(original).get_output_embeddings().weight.shape
-    e1 = unwrap_model(unlearned).get_output_embeddings().weight.shape
-    if e0 != e1:
-        raise ValueError(f"the unembeddings differ in shape: original {tuple(e0)}, unlearned {tuple(e1)}")
 
 
 def _peft_layers(model: nn.Module) -> list[nn.Module]:
@@ -326,7 +320,7 @@ def audit_concept_vectors(
     refs = as_vector_refs(vectors)
     base0, base1 = unwrap_model(original), unwrap_model(unlearned)
     get_adapter(base0), get_adapter(base1)  # clear error for an unsupported family
-    _check_compatible(base0, base1)
+    check_same_layout(base0, base1)
     # Same object: adapters were injected into the original in place, so its own view must exclude them.
     same = base0 is base1
     include0 = not same

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..architectures import attn_module, decoder_layers, mlp_module, mlp_out_module
+from ..architectures import attn_module, check_same_layout, decoder_layers, mlp_module, mlp_out_module
 from .hooks import patch_activations, record_activations
 from .probes import Probe, ProbeBatch, encode_probes
 from .results import DissectionTable
@@ -74,11 +74,11 @@ def _window(centre: int, window: int, num_layers: int) -> list[int]:
     return [layer for layer in range(centre - half, centre + half + 1) if 0 <= layer < num_layers]
 
 
-def _num_layers(original: nn.Module, unlearned: nn.Module) -> int:
-    n, m = len(decoder_layers(original)), len(decoder_layers(unlearned))
-    if n != m:
-        raise ValueError(f"the models differ in depth ({n} vs {m} decoder layers): compare the same architecture")
-    return n
+def _num_layers(original: nn.Module, unlearned: nn.Module, window: int) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window={window!r} must be a positive odd number of layers (centred on each layer), e.g. 5")
+    check_same_layout(original, unlearned)
+    return len(decoder_layers(original))
 
 
 def _prepare(tokenizer, probes: Sequence[Probe] | ProbeBatch, model: nn.Module) -> ProbeBatch:
@@ -124,7 +124,7 @@ def activation_patching(
         raise ValueError(f"unknown components {unknown}: choose from {list(COMPONENTS)}")
     if positions not in ("all", "answer"):
         raise ValueError(f"positions={positions!r}: use 'all' or 'answer'")
-    num_layers = _num_layers(original, unlearned)
+    num_layers = _num_layers(original, unlearned, window)
     batch = _prepare(tokenizer, probes, original)
     selected = batch.answer_mask if positions == "answer" else None
     layers = range(num_layers)
@@ -195,7 +195,7 @@ def parameter_restoration(
         >>> table = parameter_restoration(original, unlearned, tokenizer, probes, params="mlp_out")
         >>> table.to_json("restoration.json")
     """
-    num_layers = _num_layers(original, unlearned)
+    num_layers = _num_layers(original, unlearned, window)
     batch = _prepare(tokenizer, probes, original)
     for layer in range(num_layers):
         if not _layer_parameters(unlearned, layer, params):
