@@ -228,3 +228,15 @@ def test_mismatched_models_are_refused_before_any_forward(tokenizer, other, matc
     for run in (activation_patching, parameter_restoration):
         with pytest.raises(ValueError, match=match):
             run(original, unlearned, tokenizer, PROBES, progress=False)
+
+
+def test_probes_with_an_empty_answer_are_dropped_by_name_when_made(tokenizer):
+    from hf_unlearn.dissect import make_probes
+
+    model = tiny_llama(tokenizer)
+    with pytest.warns(UserWarning, match=r"dropped 1 probe.*'what is the wizard school \?'"):
+        probes = make_probes(model, tokenizer, ["who studied at hogwarts ?", "what is the wizard school ?"],
+                             answers=[" harry potter", "   "])
+    assert [p.answer for p in probes] == [" harry potter"]
+    with pytest.raises(ValueError, match="no probe can be scored"):
+        make_probes(model, tokenizer, ["who studied at hogwarts ?"], answers=[""])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,7 +56,21 @@ def make_probes(
         answers = answer_questions(original, tokenizer, prompts, max_new_tokens=max_new_tokens, prompt_template="{q}")
     if len(answers) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    return [Probe(prompt_template.format(q=q), a) for q, a in zip(questions, answers)]
+    probes, dropped = [], []
+    for question, answer in zip(questions, answers):
+        probe = Probe(prompt_template.format(q=question), answer)
+        # Dropped here, before anything trains: an empty answer (a greedy answer that is only an EOS) cannot be
+        # scored, and finding that out at the first patching run wastes the whole unlearning run before it.
+        if answer.strip() and tokenizer(answer, add_special_tokens=False)["input_ids"]:
+            probes.append(probe)
+        else:
+            dropped.append(question)
+    if dropped:
+        if not probes:
+            raise ValueError(f"no probe can be scored: every answer is empty after tokenisation ({dropped[:5]})")
+        warnings.warn(f"dropped {len(dropped)} probe(s) whose answer is empty after tokenisation: {dropped}",
+                      stacklevel=2)
+    return probes
 
 
 def encode_probes(tokenizer, probes: Sequence[Probe], padding_side: str = "left") -> ProbeBatch:
