@@ -157,3 +157,13 @@ def test_a_trainer_given_plain_training_arguments_trains_with_the_method_default
 def test_values_the_loss_cannot_mean_are_refused_at_config_time(config_class, values, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         config_class(output_dir=str(tmp_path), **values)
+
+
+def test_a_clean_cpu_run_warns_nothing_the_user_cannot_act_on(tokenizer, tmp_path):
+    config = hu.GradDiffConfig(output_dir=str(tmp_path), max_steps=2, report_to="none", save_strategy="no")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hu.GradDiffTrainer(tiny_llama(tokenizer), config, train_dataset=FORGET_TEXTS, retain_dataset=RETAIN_TEXTS,
+                           processing_class=tokenizer).train()
+    messages = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+    assert not messages, messages

@@ -74,6 +74,9 @@ class BaseConfig(TrainingArguments):
             self.bf16 = (
                 not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             )
+        if self.use_cpu or not torch.cuda.is_available():
+            # Pinned memory only helps host-to-GPU copies; on a CPU run torch warns about it at every epoch.
+            self.dataloader_pin_memory = False
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens (got {self.max_length})")
         super().__post_init__()
