@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..architectures import decoder_layers, final_norm_gain, mlp_out_module, unembedding, value_vectors_view
 from ..data import UnlearningCollator, tokenize_pair
@@ -518,6 +519,7 @@ def score_value_vectors(
     apply_final_norm: bool = False,
     batch_size: int | None = None,
     max_length: int | None = 512,
+    progress: bool = True,
 ) -> ConceptScores:
     """Score every value vector of ``layers`` for ``concept``; arguments as in :func:`locate_concept_vectors`.
 
@@ -549,6 +551,7 @@ def score_value_vectors(
         background_questions=background_questions,
     )
     ranked: list[dict[int, torch.Tensor]] = []
+    bar = tqdm(total=len(names), desc=f"Locating {concept!r}", disable=not progress)
     if "vocab" in names:
         # The concept's own words; answers get a leading space, the form they take inside running text.
         concept_texts = [" " + concept, *questions, *(" " + a for a in answers_list or []), *texts]
@@ -559,23 +562,26 @@ def score_value_vectors(
             model, ids, weights, layers, method=vocab_method, apply_final_norm=apply_final_norm
         )
         ranked.append(result.components["vocab"])
+        bar.update(1)
     if "attribution" in names:
         result.components.update(
             _attribution_components(
                 model, tokenizer, questions, answers_list, texts, background_questions, background_answers_list,
                 background_texts, layers=layers, prompt_template=prompt_template, chat=chat,
                 attribution_data=attribution_data, contrastive=contrastive, contrast_constant=contrast_constant,
-                batch_size=batch_size, max_length=max_length,
+                batch_size=batch_size, max_length=max_length, bar=bar,
             )
         )
         ranked.append(result.components["attribution"])
+        bar.update(1)
+    bar.close()
     result.ranking = ranked[0] if len(ranked) == 1 else _rank_fusion(ranked)
     return result
 
 
 def _attribution_components(
     model, tokenizer, questions, answers, texts, background_questions, background_answers, background_texts, *,
-    layers, prompt_template, chat, attribution_data, contrastive, contrast_constant, batch_size, max_length,
+    layers, prompt_template, chat, attribution_data, contrastive, contrast_constant, batch_size, max_length, bar=None,
 ) -> dict[str, dict[int, torch.Tensor]]:
     """Concept, background and contrastive attributions per data kind, fused into ``"attribution"``."""
     has_qa = bool(questions and answers)
@@ -601,6 +607,8 @@ def _attribution_components(
     fused = []
     for kind in kinds:
         suffix = f"_{kind}" if len(kinds) > 1 else ""
+        if bar is not None:
+            bar.set_postfix_str(f"attribution on {kind}")
         concept_attr = attribution_scores(model, tokenizer, **data[kind], **common)
         out[f"attribution{suffix}_concept"] = concept_attr
         score = concept_attr
@@ -649,6 +657,7 @@ def locate_concept_vectors(
     apply_final_norm: bool = False,
     batch_size: int | None = None,
     max_length: int | None = 512,
+    progress: bool = True,
 ) -> list[ConceptVector]:
     """The ``top_n`` value vectors most specific to ``concept``, as :class:`ConceptVector` records, best first.
 
@@ -669,6 +678,7 @@ def locate_concept_vectors(
         num_tokens: how many characteristic tokens the vocab scorer uses.
         vocab_method, apply_final_norm: see :func:`vocab_scores`.
         batch_size, max_length: attribution batching (``None``: one forward and one backward) and truncation.
+        progress: show a progress bar over the scoring passes.
 
     Each record carries the concept's data and ``scores`` with every component score at its location, the ranking
     ``"score"`` and the ``"rank"``. Use :func:`score_value_vectors` to keep all the scores and pick other sets.
@@ -700,5 +710,6 @@ def locate_concept_vectors(
         apply_final_norm=apply_final_norm,
         batch_size=batch_size,
         max_length=max_length,
+        progress=progress,
     )
     return result.to_records(top_n)

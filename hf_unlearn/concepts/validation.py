@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..architectures import value_vectors_view
 from ..evaluation.generation import answer_questions
@@ -234,19 +235,27 @@ def validate_concept_vector(
     if completions:
         sets.append(("completion", completions, COMPLETION_TEMPLATE))
 
-    def run() -> dict[str, list[str]]:
-        return {
-            name: answer_questions(
+    # One bar over the clean and ablated passes of every set (generation on a real model takes minutes).
+    bar = tqdm(total=2 * len(sets), desc="Validating concept vectors", disable=progress is False)
+
+    def run(state: str) -> dict[str, list[str]]:
+        out = {}
+        for name, prompts, template in sets:
+            bar.set_postfix_str(f"{state} {name}")
+            out[name] = answer_questions(
                 model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                prompt_template=template, chat=chat, system_prompt=system_prompt, progress=progress,
+                prompt_template=template, chat=chat, system_prompt=system_prompt, progress=bool(progress),
                 **generate_kwargs,
             )
-            for name, prompts, template in sets
-        }
+            bar.update(1)
+        return out
 
-    clean = run()
-    with ablate_concept_vector(model, locations, mode=mode, sigma=sigma, seed=seed):
-        ablated = run()
+    try:
+        clean = run("clean")
+        with ablate_concept_vector(model, locations, mode=mode, sigma=sigma, seed=seed):
+            ablated = run("ablated")
+    finally:
+        bar.close()
 
     comparisons = {name: _compare(prompts, clean[name], ablated[name], bleu_order) for name, prompts, _ in sets}
     return ValidationResult(
