@@ -44,10 +44,8 @@ from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEMPLATE = "Question: {q}\nAnswer:"
-METHODS = {
-    "GradDiff": (hu.GradDiffTrainer, hu.GradDiffConfig, {}),
-    "NPO": (hu.NPOTrainer, hu.NPOConfig, {}),
-}
+# display name -> registered method
+METHODS = {"GradDiff": hu.get_method("grad_diff"), "NPO": hu.get_method("npo")}
 
 
 def sentences(text: str) -> list[str]:
@@ -111,7 +109,8 @@ def main() -> None:
         "methods": {},
     }
     tables = []
-    for name, (trainer_cls, config_cls, extra) in METHODS.items():
+    for name, spec in METHODS.items():
+        trainer_cls, config_cls = spec.trainer_class, spec.config_class
         unlearned = copy.deepcopy(original)
         with tempfile.TemporaryDirectory() as out:
             config = config_cls(
@@ -124,7 +123,6 @@ def main() -> None:
                 report_to="none",
                 use_cpu=True,
                 seed=0,
-                **extra,
             )
             trainer_cls(
                 unlearned, config, train_dataset=forget, retain_dataset=retain, processing_class=tokenizer

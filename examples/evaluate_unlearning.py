@@ -77,8 +77,8 @@ def fine_tune(model, tokenizer, facts: list[dict], steps: int, out: str):
 
 
 def unlearn(model, tokenizer, method: str, forget: list[dict], retain: list[dict], steps: int, lr: float, out: str):
-    config_cls, trainer_cls = {"GradDiff": (hu.GradDiffConfig, hu.GradDiffTrainer),
-                               "NPO": (hu.NPOConfig, hu.NPOTrainer)}[method]
+    spec = hu.get_method({"GradDiff": "grad_diff", "NPO": "npo"}[method])
+    config_cls, trainer_cls = spec.config_class, spec.trainer_class
     as_rows = lambda facts: [  # noqa: E731
         {"prompt": DEFAULT_PROMPT_TEMPLATE.format(q=f["question"]), "completion": f["answer"]} for f in facts
     ]

@@ -25,12 +25,8 @@ RETAIN = [
     {"prompt": "the river in paris is the", "completion": " seine ."},
     {"prompt": "the colour of the sky is", "completion": " blue ."},
 ]
-METHODS = {
-    "npo": (hf_unlearn.NPOTrainer, hf_unlearn.NPOConfig),
-    "grad_diff": (hf_unlearn.GradDiffTrainer, hf_unlearn.GradDiffConfig),
-    "grad_ascent": (hf_unlearn.GradAscentTrainer, hf_unlearn.GradAscentConfig),
-    "simnpo": (hf_unlearn.SimNPOTrainer, hf_unlearn.SimNPOConfig),
-}
+# Methods of the registry that need nothing beyond text (no preference pairs, no concept vectors, no deep layer).
+METHODS = {name: hf_unlearn.get_method(name) for name in ("npo", "grad_diff", "grad_ascent", "simnpo")}
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -91,7 +87,8 @@ def main() -> None:
     before_retain = completion_log_probs(model, tokenizer, RETAIN)
 
     # 2. Unlearn it.
-    trainer_cls, config_cls = METHODS[args.method]
+    spec = METHODS[args.method]
+    trainer_cls, config_cls = spec.trainer_class, spec.config_class
     retain = RETAIN if config_cls().retain_loss != "none" else None
     config = config_cls(
         output_dir=f"{out}/unlearn",

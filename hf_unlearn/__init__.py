@@ -24,6 +24,8 @@ from .evaluation import (
     answer_log_probs,
     evaluate_unlearning,
 )
+from .methods import METHODS, MethodSpec, get_method
+from .recipes import ConceptUnlearningResult, unlearn_concept
 from .trainers import (
     ConsistentEEConfig,
     ConsistentEETrainer,
@@ -58,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureAdapter",
+    "ConceptUnlearningResult",
     "ConceptVector",
     "ConsistentEEConfig",
     "ConsistentEETrainer",
@@ -71,6 +74,8 @@ __all__ = [
     "GradDiffTrainer",
     "IdkDPOConfig",
     "IdkDPOTrainer",
+    "METHODS",
+    "MethodSpec",
     "NPOConfig",
     "NPOTrainer",
     "NeedleConfig",
@@ -98,11 +103,13 @@ __all__ = [
     "evaluate_exits",
     "evaluate_unlearning",
     "get_adapter",
+    "get_method",
     "knowledge_recovery_score",
     "load_concept_vectors",
     "locate_concept_vectors",
     "losses",
     "parameter_restoration",
     "register_architecture",
+    "unlearn_concept",
     "validate_concept_vector",
 ]

@@ -74,6 +74,12 @@ def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return log_probs * mask, mask
 
 
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over the scored tokens of the batch (the causal-LM cross-entropy)."""
+    log_probs, mask = token_log_probs(logits, labels)
+    return -masked_mean(log_probs, mask)
+
+
 def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of the labelled tokens of each sequence.
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from conftest import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama  # noqa: E402
 
 import hf_unlearn.trainers.unlearning as base  # noqa: E402
-from hf_unlearn import GradAscentConfig, GradAscentTrainer, NPOConfig, NPOTrainer  # noqa: E402
+from hf_unlearn import get_method  # noqa: E402
 from hf_unlearn.data import INDEX_COLUMN, UnlearningCollator, prepare_dataset  # noqa: E402
 from hf_unlearn.losses import IGNORE_INDEX  # noqa: E402
 
@@ -42,7 +42,7 @@ EXTRA_FORGET = [
 ]
 
 
-METHODS = {"npo": (NPOConfig, NPOTrainer), "grad_ascent": (GradAscentConfig, GradAscentTrainer)}
+METHODS = {name: get_method(name) for name in ("npo", "grad_ascent")}
 
 
 def job_parser() -> argparse.ArgumentParser:
@@ -126,7 +126,7 @@ def run_job(args: argparse.Namespace, out: Path) -> None:
         common.update(learning_rate=5e-3)
     if args.retain_loss is not None:
         common["retain_loss"] = args.retain_loss
-    config_class, trainer_class = METHODS[args.method]
+    config_class, trainer_class = METHODS[args.method].config_class, METHODS[args.method].trainer_class
     config = config_class(warmup_steps=0, **common)
     kwargs = {}
     if config.retain_loss != "none":

@@ -53,6 +53,12 @@ def test_sequence_log_probs_matches_hand_sum():
     assert counts.tolist() == [4, 3, 2]
 
 
+def test_token_nll_is_the_mean_over_every_scored_token_of_the_batch():
+    per_token = hand_token_logps()
+    expected = -sum(per_token.values()) / len(per_token)
+    assert losses.token_nll(LOGITS, LABELS).item() == pytest.approx(expected, abs=1e-5)
+
+
 def test_token_log_probs_ignores_padding_and_prompt():
     log_probs, mask = losses.token_log_probs(LOGITS, LABELS)
     assert mask.tolist() == [[True] * 4, [True, True, True, False], [False, False, True, True]]

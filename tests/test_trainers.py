@@ -21,21 +21,19 @@ PAIRS = [
     {"prompt": "where is hogwarts ?", "chosen": " i don't know .", "rejected": " the wizard school ."},
 ]
 
-# method name -> (trainer, config, extra config kwargs)
+# Settings that make each method bite on a 2-layer model in 4 steps (the defaults target 7B-scale models).
+TINY_OVERRIDES = {
+    "simnpo": {"forget_weight": 1.0},
+    "rmu": {"rmu_layer": 1, "retain_weight": 1.0, "steering_coeff": 5.0, "learning_rate": 5e-2},
+    "undial": {"beta": 10.0},
+    "satimp": {"beta1": 1.0, "forget_weight": 1.0},
+}
+# method name -> (trainer, config, extra config kwargs), every registered method but Needle (tests/test_needle.py:
+# it trains located concept vectors, not the forget term alone)
 METHODS = {
-    "grad_ascent": (hu.GradAscentTrainer, hu.GradAscentConfig, {}),
-    "grad_diff": (hu.GradDiffTrainer, hu.GradDiffConfig, {}),
-    "npo": (hu.NPOTrainer, hu.NPOConfig, {}),
-    "simnpo": (hu.SimNPOTrainer, hu.SimNPOConfig, {"forget_weight": 1.0}),
-    "idk_dpo": (hu.IdkDPOTrainer, hu.IdkDPOConfig, {}),
-    "rmu": (
-        hu.RMUTrainer,
-        hu.RMUConfig,
-        {"rmu_layer": 1, "retain_weight": 1.0, "steering_coeff": 5.0, "learning_rate": 5e-2},
-    ),
-    "undial": (hu.UNDIALTrainer, hu.UNDIALConfig, {"beta": 10.0}),
-    "wga": (hu.WGATrainer, hu.WGAConfig, {}),
-    "satimp": (hu.SatImpTrainer, hu.SatImpConfig, {"beta1": 1.0, "forget_weight": 1.0}),
+    name: (spec.trainer_class, spec.config_class, TINY_OVERRIDES.get(name, {}))
+    for name, spec in hu.METHODS.items()
+    if name != "needle"
 }
 
 

@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
 
 from .. import losses
 from .unlearning import UnlearningConfig, UnlearningTrainer
-
-
-def forget_nll(
-    trainer: UnlearningTrainer, model: nn.Module, inputs: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy logits and the token-mean NLL of the forget batch."""
-    logits = trainer.forward_logits(model, inputs)
-    log_probs, mask = losses.token_log_probs(logits, inputs["labels"])
-    return logits, -losses.masked_mean(log_probs, mask)
 
 
 @dataclass
@@ -52,7 +39,7 @@ class GradAscentTrainer(UnlearningTrainer):
     _tag_names = ["hf_unlearn", "unlearning", "grad-ascent"]
 
     def compute_forget_loss(self, model, inputs):
-        _, nll = forget_nll(self, model, inputs)
+        nll = losses.token_nll(self.forward_logits(model, inputs), inputs["labels"])
         return -nll, {"forget_nll": nll}
 
 

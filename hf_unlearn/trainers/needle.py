@@ -65,10 +65,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import losses
 from ..architectures import decoder_layers, mlp_out_module, unwrap_model, value_vectors_view
 from ..concepts.ablation import ablate_concept_vector
 from ..concepts.records import ConceptVector
-from .gradient_ascent import forget_nll
 from .unlearning import UnlearningConfig, UnlearningTrainer
 
 #: attribute under which the trained vectors are attached to the model while ``train()`` runs.
@@ -479,7 +479,7 @@ class NeedleTrainer(UnlearningTrainer):
     # ------------------------------------------------------------------ loss and logs
 
     def compute_forget_loss(self, model, inputs):
-        _, nll = forget_nll(self, model, inputs)
+        nll = losses.token_nll(self.forward_logits(model, inputs), inputs["labels"])
         return -nll, {"forget_nll": nll, **self._delta_norms()}
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .. import losses
-from .unlearning import UnlearningConfig, UnlearningTrainer, detached_nll
+from .unlearning import UnlearningConfig, UnlearningTrainer
 
 
 @dataclass
@@ -49,4 +49,4 @@ class UNDIALTrainer(UnlearningTrainer):
         with self.reference() as ref:
             ref_logits = self.forward_logits(ref, inputs)
         loss = losses.undial_loss(logits, ref_logits, inputs["labels"], self.args.beta)
-        return loss, {"forget_nll": detached_nll(logits, inputs["labels"])}
+        return loss, {"forget_nll": losses.token_nll(logits.detach(), inputs["labels"])}

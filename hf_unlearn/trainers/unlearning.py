@@ -445,13 +445,6 @@ class UnlearningTrainer(BaseTrainer):
         return loss.detach(), None, None
 
 
-@torch.no_grad()
-def detached_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean NLL for logging only: no autograd graph is kept for it."""
-    log_probs, mask = losses.token_log_probs(logits.detach(), labels)
-    return -losses.masked_mean(log_probs, mask)
-
-
 def unwrap_model_with_adapter(model: nn.Module) -> nn.Module:
     """Strip DDP/FSDP wrappers but keep the PEFT model (which owns ``disable_adapter``)."""
     while isinstance(getattr(model, "module", None), nn.Module) and not hasattr(model, "disable_adapter"):

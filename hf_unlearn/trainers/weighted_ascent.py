@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .. import losses
-from .unlearning import UnlearningConfig, UnlearningTrainer, detached_nll
+from .unlearning import UnlearningConfig, UnlearningTrainer
 
 
 @dataclass
@@ -45,7 +45,7 @@ class WGATrainer(UnlearningTrainer):
     def compute_forget_loss(self, model, inputs):
         logits = self.forward_logits(model, inputs)
         return self.token_weighted_loss(logits, inputs["labels"]), {
-            "forget_nll": detached_nll(logits, inputs["labels"])
+            "forget_nll": losses.token_nll(logits.detach(), inputs["labels"])
         }
 
 
