@@ -24,6 +24,17 @@ from .evaluation import (
     answer_log_probs,
     evaluate_unlearning,
 )
+from .hub import (
+    AttackResult,
+    HubPushError,
+    UnlearningAudit,
+    push_audited_to_hub,
+    push_early_exit_to_hub,
+    render_early_exit_card,
+    render_unlearning_card,
+    save_audited,
+    save_early_exit,
+)
 from .methods import METHODS, MethodSpec, get_method
 from .recipes import ConceptUnlearningResult, unlearn_concept
 from .trainers import (
@@ -60,6 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureAdapter",
+    "AttackResult",
     "ConceptUnlearningResult",
     "ConceptVector",
     "ConsistentEEConfig",
@@ -72,6 +84,7 @@ __all__ = [
     "GradAscentTrainer",
     "GradDiffConfig",
     "GradDiffTrainer",
+    "HubPushError",
     "IdkDPOConfig",
     "IdkDPOTrainer",
     "METHODS",
@@ -89,6 +102,7 @@ __all__ = [
     "SimNPOTrainer",
     "UNDIALConfig",
     "UNDIALTrainer",
+    "UnlearningAudit",
     "UnlearningConfig",
     "UnlearningEvaluation",
     "UnlearningEvaluationCallback",
@@ -109,7 +123,13 @@ __all__ = [
     "locate_concept_vectors",
     "losses",
     "parameter_restoration",
+    "push_audited_to_hub",
+    "push_early_exit_to_hub",
     "register_architecture",
+    "render_early_exit_card",
+    "render_unlearning_card",
+    "save_audited",
+    "save_early_exit",
     "unlearn_concept",
     "validate_concept_vector",
 ]

@@ -7,6 +7,7 @@ the non-finite-loss guard and the model-card tags. A subclass says how its data 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -199,6 +200,49 @@ class BaseTrainer(Trainer):
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    # ------------------------------------------------------------------ model card
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        """Write hf_unlearn's card (method, hyperparameters, data, training metrics, the method's tags) to
+        ``output_dir/README.md`` instead of transformers' generic one, which names neither the method nor the data.
+
+        ``tasks``, ``dataset_tags`` and ``dataset_args`` are accepted for `Trainer.push_to_hub` compatibility; the card
+        has no use for them. Nothing is looked up on the Hub (transformers' card queries the base model's license).
+
+        Example:
+            >>> trainer.create_model_card(model_name="smollm2-npo", dataset="me/forget-set")
+            >>> ModelCard.load(os.path.join(trainer.args.output_dir, "README.md")).data.library_name
+        """
+        if not self.is_world_process_zero():
+            return
+        from ..atomic_files import atomic_write_text
+        from ..hub.cards import render_trainer_card
+
+        card = render_trainer_card(self, model_name=model_name, tags=tags, dataset=dataset,
+                                   finetuned_from=finetuned_from, license=license, language=language)
+        atomic_write_text(os.path.join(output_dir or self.args.output_dir, "README.md"), str(card))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # transformers' save_model writes no card, so a saved model would not say how it was made; the card goes in
+        # before a push (args.push_to_hub) uploads the folder.
+        super().save_model(output_dir, _internal_call=True)
+        if self.args.should_save:
+            self.create_model_card(output_dir=output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     # ------------------------------------------------------------------ metrics and the guards
 
