@@ -104,7 +104,7 @@ def simnpo_loss(policy_avg_logps: torch.Tensor, beta: float = 4.5, gamma: float 
     """SimNPO (Fan et al. 2024): reference-free, length-normalised NPO.
 
     ``L = mean_i -(2/β) · log σ(-β · avg_logp_i - γ)``, ``avg_logp_i`` the mean token log-prob of sequence ``i``
-    and ``γ`` the reward margin (``γ = β·δ`` in the paper's notation).
+    and ``γ`` the reward margin (open-unlearning's ``γ = β·δ``, δ its margin).
     """
     _check_beta(beta)
     return (-(2.0 / beta) * F.logsigmoid(-beta * policy_avg_logps - gamma)).mean()

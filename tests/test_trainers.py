@@ -269,3 +269,15 @@ def test_evaluate_reports_forget_and_retain_losses(tokenizer, tmp_path):
     metrics = trainer.evaluate()
     assert {"eval_loss", "eval_forget_loss", "eval_retain_loss"} <= set(metrics)
     assert metrics["eval_forget_loss"] < 0  # gradient ascent: minus the NLL
+
+
+def test_idk_dpo_default_reproduces_open_unlearnings_two_over_beta_scale(tokenizer, tmp_path):
+    model = tiny_llama(tokenizer)
+    losses = {}
+    for scale in ("open_unlearning", "trl"):
+        trainer = make_trainer("idk_dpo", model, tokenizer, tmp_path / scale, args={"loss_scale": scale, "beta": 0.5})
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+        with torch.no_grad():
+            losses[scale] = trainer.compute_forget_loss(model, batch)[0]
+    assert hu.IdkDPOConfig(output_dir=str(tmp_path)).loss_scale == "open_unlearning"
+    torch.testing.assert_close(losses["open_unlearning"], losses["trl"] * (2 / 0.5))

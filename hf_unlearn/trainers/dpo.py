@@ -18,20 +18,32 @@ class IdkDPOConfig(UnlearningConfig):
     Configuration class for the [`IdkDPOTrainer`]: ``L = γ · L_DPO(chosen ≻ rejected) + α · L_retain``.
 
     The forget set has columns ``prompt``, ``chosen`` (e.g. "I don't know.") and ``rejected`` (the answer to
-    forget). The loss is TRL's sigmoid DPO loss; open-unlearning's IdkDPO multiplies it by ``2/β``: set
-    ``forget_weight = 2 / beta`` for that scale.
+    forget). The loss is the sigmoid DPO loss times ``2/β`` by default, as open-unlearning's IdkDPO (whose
+    reference numbers this reproduces: at β = 0.1 the forget term is 20x stronger against the retain term than
+    TRL's unscaled loss); ``loss_scale="trl"`` drops the factor.
 
     Parameters:
         beta (`float`, *optional*, defaults to `0.1`):
             Inverse temperature β of the DPO loss.
+        loss_scale (`str`, *optional*, defaults to `"open_unlearning"`):
+            `"open_unlearning"` (DPO loss × 2/β, open-unlearning's IdkDPO) or `"trl"` (TRL's DPO loss as is).
     """
 
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the DPO loss."})
+    loss_scale: str = field(
+        default="open_unlearning",
+        metadata={"help": "'open_unlearning' (DPO loss x 2/beta, the reference's IdkDPO) or 'trl' (no factor)."},
+    )
 
     value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
         **UnlearningConfig.value_ranges,
         "beta": (0.0, False, "the DPO inverse temperature"),
     }
+
+    def __post_init__(self):
+        if self.loss_scale not in ("open_unlearning", "trl"):
+            raise ValueError(f"loss_scale={self.loss_scale!r}: choose 'open_unlearning' (x 2/beta) or 'trl'")
+        super().__post_init__()
 
 
 def _pad_to(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -79,6 +91,8 @@ class IdkDPOTrainer(UnlearningTrainer):
         ref = inputs if "ref_chosen_logps" in inputs else self.reference_sequence_log_probs(inputs)
         ref_chosen, ref_rejected = ref["ref_chosen_logps"], ref["ref_rejected_logps"]
         loss = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta)
+        if self.args.loss_scale == "open_unlearning":
+            loss = loss * (2.0 / self.args.beta)
         chosen_reward = self.args.beta * (chosen - ref_chosen)
         rejected_reward = self.args.beta * (rejected - ref_rejected)
         return loss, {

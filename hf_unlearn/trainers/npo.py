@@ -73,7 +73,8 @@ class SimNPOConfig(UnlearningConfig):
         beta (`float`, *optional*, defaults to `4.5`):
             Inverse temperature β.
         simnpo_gamma (`float`, *optional*, defaults to `0.0`):
-            Reward margin γ in ``log σ(-β·avg_logp - γ)`` (``γ = β·δ`` in the paper).
+            Reward margin in ``log σ(-β·avg_logp - simnpo_gamma)``; in open-unlearning's notation
+            ``simnpo_gamma = β·δ`` (δ its margin).
     """
 
     beta: float = field(default=4.5, metadata={"help": "Inverse temperature of the SimNPO loss."})

@@ -54,8 +54,8 @@ class SatImpConfig(UnlearningConfig):
     r"""
     Configuration class for the [`SatImpTrainer`]: ``L = -γ·(1/|A|) Σ sg(p_t^β1·(1-p_t)^β2)·l_t + α · L_retain``.
 
-    The SatImp README/code say γ = 1, α = 0.1 while its shipped YAML (what actually runs) says γ = 0.1, α = 1;
-    hf_unlearn follows the YAML.
+    γ = 1, α = 0.1 as the method's authors and open-unlearning's class default say (one shipped YAML file says
+    γ = 0.1, α = 1, a 100x different forget:retain ratio).
 
     Parameters:
         beta1 (`float`, *optional*, defaults to `5.0`):
@@ -66,13 +66,15 @@ class SatImpConfig(UnlearningConfig):
 
     beta1: float = field(default=5.0, metadata={"help": "Exponent of p_t in the token weight."})
     beta2: float = field(default=1.0, metadata={"help": "Exponent of 1 - p_t in the token weight."})
-    forget_weight: float = field(default=0.1, metadata={"help": "Weight γ of the forget term (SatImp YAML: 0.1)."})
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight γ of the forget term (SatImp's authors: 1)."})
+    retain_weight: float = field(default=0.1, metadata={"help": "Weight α of the retain term (authors: 0.1)."})
 
     value_ranges: ClassVar[dict[str, tuple[float, bool, str]]] = {
         **UnlearningConfig.value_ranges,
         "beta1": (0.0, True, "a negative exponent inverts the weighting"),
         "beta2": (0.0, True, "a negative exponent inverts the weighting"),
     }
+
 
 class SatImpTrainer(WGATrainer):
     """SatImp: token-weighted ascent with weight ``p_t^β1·(1-p_t)^β2`` (favours tokens neither known nor forgotten).
