@@ -26,7 +26,7 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(1, str(TESTS.parent))
 
 import torch  # noqa: E402
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama  # noqa: E402
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama  # noqa: E402
 
 import hf_unlearn.trainers.unlearning as base  # noqa: E402
 from hf_unlearn import get_method  # noqa: E402

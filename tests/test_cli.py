@@ -12,7 +12,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama  # noqa: E402
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama  # noqa: E402
 from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
 
 from hf_unlearn.cli import build_parser, main  # noqa: E402

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
 from peft import LoraConfig, get_peft_model
+from tiny_models import tiny_gpt2, tiny_llama
 
 from hf_unlearn.architectures import value_vectors_view
 from hf_unlearn.concepts import ConceptVector, project_to_vocab, value_vector

@@ -145,7 +145,7 @@ def test_negative_locations_are_refused_everywhere():
 
 
 def test_negative_layers_are_refused_by_ablation_and_the_value_vector_view(tokenizer):
-    from conftest import tiny_llama
+    from tiny_models import tiny_llama
 
     from hf_unlearn.architectures import value_vectors_view
     from hf_unlearn.concepts import ablate_concept_vector

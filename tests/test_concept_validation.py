@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from tiny_models import tiny_gpt2, tiny_llama
 
 from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
 from hf_unlearn.concepts import validation as validation_module

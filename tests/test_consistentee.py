@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, run_config, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, run_config, trained_tiny
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_unlearn import (

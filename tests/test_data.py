@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama
 from datasets import Dataset
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama
 
 import hf_unlearn as hu
 from hf_unlearn.data import UnlearningCollator, prepare_dataset, retain_indices

@@ -41,7 +41,7 @@ def test_rows_with_nothing_to_score_are_dropped_with_one_warning(tokenizer, rows
 
 
 def test_a_run_whose_batches_are_blank_rows_does_not_crash(tokenizer, tmp_path):
-    from conftest import tiny_llama
+    from tiny_models import tiny_llama
 
     forget = ["", "harry potter is a wizard", "", "", "the wizard school is hogwarts"]
     config = hu.GradAscentConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=1,

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from tiny_models import tiny_gpt2, tiny_llama
 
 from hf_unlearn.architectures import decoder_layers, value_vectors_view
 from hf_unlearn.dissect import (

@@ -26,10 +26,14 @@ WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 REPO = WORKER.parents[1]
 TIMEOUT_S = 180
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="torch.distributed with the gloo backend is not available",
-)
+# Spawns 2-process gloo runs: `pytest -m "not slow"` skips them for a quick local run; CI runs everything.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="torch.distributed with the gloo backend is not available",
+    ),
+]
 
 
 def _free_port() -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import tiny_llama, trained_tiny
 from test_architectures import CONFIGS
+from tiny_models import tiny_llama, trained_tiny
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from hf_unlearn.early_exit import EarlyExitConfig, EarlyExitForCausalLM

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, run_config, tiny_gpt2, tiny_llama, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, run_config, tiny_gpt2, tiny_llama, trained_tiny
 
 from hf_unlearn import GradAscentConfig, GradAscentTrainer
 from hf_unlearn.evaluation import (

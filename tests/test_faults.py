@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, tiny_llama
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, tiny_llama
 from transformers import TrainingArguments
 
 import hf_unlearn as hu
@@ -26,7 +26,7 @@ TRAIN_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads(1)
-    from conftest import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama
+    from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama
     from transformers.trainer_callback import TrainerState
     import hf_unlearn as hu
 
@@ -64,6 +64,7 @@ def run_training(tmp_path: Path, out: Path, kill_at: int, resume: bool) -> subpr
     )
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
     reference = run_training(tmp_path, tmp_path / "reference", kill_at=0, resume=False)
     assert reference.returncode == 0, reference.stderr[-2000:]

@@ -16,9 +16,9 @@ import httpx2
 import huggingface_hub
 import pytest
 import torch
-from conftest import FORGET_TEXTS, build_tokenizer, run_config, tiny_llama
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils._http import default_client_factory
+from tiny_models import FORGET_TEXTS, build_tokenizer, run_config, tiny_llama
 from transformers import AutoModelForCausalLM
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import tiny_llama  # noqa: E402
+from tiny_models import tiny_llama  # noqa: E402
 
 import hf_unlearn as hu  # noqa: E402
 from hf_unlearn.evaluation import answer_questions  # noqa: E402

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_gpt2, tiny_llama, trained_tiny
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_gpt2, tiny_llama, trained_tiny
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from hf_unlearn.architectures import get_adapter, mlp_out_module, value_vectors_view
@@ -17,15 +17,6 @@ from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
 from hf_unlearn.data import UnlearningCollator, prepare_dataset
 from hf_unlearn.losses import masked_mean, token_log_probs
 from hf_unlearn.trainers.needle import NEEDLE_MODULE, NeedleConfig, NeedleTrainer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is 10-40x faster than oversubscribed threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(tmp_path, **kwargs) -> NeedleConfig:

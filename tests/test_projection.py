@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from tiny_models import tiny_gpt2, tiny_llama
 
 from hf_unlearn.architectures import unembedding, value_vectors_view
 from hf_unlearn.concepts import project_to_vocab, scan_value_vectors, value_vector

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import build_tokenizer, tiny_llama
+from tiny_models import build_tokenizer, tiny_llama
 
 import hf_unlearn.smollm2
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, trained_tiny
 
 from hf_unlearn.concepts import ConceptVector
 from hf_unlearn.dissect import side_effects

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from conftest import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_llama, trained_tiny
 from peft import LoraConfig
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_llama, trained_tiny
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 import hf_unlearn as hu
