@@ -7,13 +7,21 @@ Example:
 
 from .audit import DEFAULT_THRESHOLDS, AttackResult, UnlearningAudit
 from .cards import render_early_exit_card, render_trainer_card, render_unlearning_card
-from .push import HubPushError, push_audited_to_hub, push_early_exit_to_hub, save_audited, save_early_exit
+from .push import (
+    HubPushError,
+    check_push_folder,
+    push_audited_to_hub,
+    push_early_exit_to_hub,
+    save_audited,
+    save_early_exit,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "AttackResult",
     "HubPushError",
     "UnlearningAudit",
+    "check_push_folder",
     "push_audited_to_hub",
     "push_early_exit_to_hub",
     "render_early_exit_card",

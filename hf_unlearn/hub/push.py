@@ -7,6 +7,7 @@ the push uploads exactly that folder, so a failed push leaves a complete folder 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shlex
 import shutil
@@ -21,7 +22,14 @@ from ..atomic_files import atomic_write_text
 from .audit import AUDIT_FILE, UnlearningAudit
 from .cards import render_early_exit_card, render_unlearning_card
 
-__all__ = ["HubPushError", "push_audited_to_hub", "push_early_exit_to_hub", "save_audited", "save_early_exit"]
+__all__ = [
+    "HubPushError",
+    "check_push_folder",
+    "push_audited_to_hub",
+    "push_early_exit_to_hub",
+    "save_audited",
+    "save_early_exit",
+]
 
 SAVE_MODES = ("weights", "adapter", "merged")
 FIGURES_DIR = "figures"
@@ -198,6 +206,112 @@ def save_early_exit(
         atomic_write_text(tmp / "README.md", text)
 
     return _write_folder(folder, write, overwrite)
+
+
+WEIGHT_FILES = (
+    "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"
+)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _read_json(path: Path, problems: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problems.append(f"{path.name} does not parse ({type(error).__name__}: {str(error).splitlines()[0]})")
+        return None
+
+
+def _check_shards(folder: Path, index_name: str, problems: list[str]) -> None:
+    index = _read_json(folder / index_name, problems)
+    if index is None:
+        return
+    shards = sorted(set((index.get("weight_map") or {}).values())) if isinstance(index, dict) else []
+    missing = [name for name in shards if not (folder / name).is_file()]
+    if not shards:
+        problems.append(f"{index_name} lists no weight shards")
+    elif missing:
+        problems.append(f"weight shards {', '.join(missing)} (listed in {index_name})")
+
+
+def _auto_map_modules(auto_map: Any) -> list[str]:
+    """The module files that ``config.auto_map`` entries point to in the repository itself (``module.Class``;
+    ``other/repo--module.Class`` points elsewhere and is not checked)."""
+    values = auto_map.values() if isinstance(auto_map, dict) else []
+    names = []
+    for value in values:
+        for reference in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(reference, str) and "--" not in reference and "." in reference:
+                name = reference.rsplit(".", 1)[0].replace(".", "/") + ".py"
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def check_push_folder(folder: str | os.PathLike) -> Path:
+    """Check that ``folder`` holds a complete model to push, as :func:`save_audited` / :func:`save_early_exit` write
+    it: ``config.json`` with weights (or a PEFT adapter), the tokenizer, ``README.md`` (the card), a readable
+    ``audit.json`` when there is one, and the modelling files ``config.auto_map`` names (early-exit checkpoints).
+
+    Returns the resolved folder; raises ``FileNotFoundError`` for a missing folder and ``ValueError`` whose first
+    line names everything missing or broken.
+
+    Example:
+        >>> check_push_folder("smollm2-npo")
+        PosixPath('/home/me/smollm2-npo')
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no folder at {folder}" if not path.exists() else f"{folder} is not a folder")
+    path = path.resolve()
+    problems: list[str] = []
+
+    def has(*names: str) -> str | None:
+        return next((name for name in names if (path / name).is_file()), None)
+
+    adapter = has("adapter_config.json")
+    if adapter:
+        if not has(*ADAPTER_FILES):
+            problems.append(f"adapter weights ({' or '.join(ADAPTER_FILES)})")
+        _read_json(path / adapter, problems)
+    else:
+        config = None
+        if has("config.json"):
+            config = _read_json(path / "config.json", problems)
+        else:
+            problems.append("config.json (or adapter_config.json for a PEFT adapter)")
+        weights = has(*WEIGHT_FILES)
+        if weights is None:
+            problems.append(f"model weights ({' or '.join(WEIGHT_FILES[:2])})")
+        elif weights.endswith(".index.json"):
+            _check_shards(path, weights, problems)
+        if isinstance(config, dict):
+            missing = [name for name in _auto_map_modules(config.get("auto_map")) if not (path / name).is_file()]
+            if missing:
+                problems.append(f"modelling files {', '.join(missing)} (named in config.json auto_map)")
+    if not has(*TOKENIZER_FILES):
+        problems.append(f"tokenizer files ({' or '.join(TOKENIZER_FILES)})")
+    if not has("README.md"):
+        problems.append("README.md (the model card)")
+    else:
+        from huggingface_hub import ModelCard
+
+        try:
+            card = ModelCard((path / "README.md").read_text(encoding="utf-8"), ignore_metadata_errors=False)
+            if not card.text.strip() and not card.data.to_dict():
+                problems.append("README.md is empty (write the model card)")
+        except Exception as error:  # yaml and ValueError, as huggingface_hub raises them
+            problems.append(f"README.md card metadata does not parse ({str(error).splitlines()[0]})")
+    if has(AUDIT_FILE):
+        try:
+            UnlearningAudit.from_json(path / AUDIT_FILE)
+        except Exception as error:  # JSON, missing keys, a newer format: the first line says which
+            reason = str(error).splitlines()[0] if str(error).strip() else ""
+            problems.append(f"{AUDIT_FILE} is not a readable UnlearningAudit ({type(error).__name__}: {reason})")
+    if problems:
+        raise ValueError(f"{path} is not ready to push: missing or broken: {'; '.join(problems)}")
+    return path
 
 
 def _push_folder(
