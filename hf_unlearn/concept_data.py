@@ -1,16 +1,23 @@
-"""The project's own concept probes for ``examples/locate_concept.py``: questions, short gold answers, a paragraph.
+"""The project's own built-in concepts: questions with short gold answers and a paragraph, plus general knowledge.
 
-Written for hf_unlearn (not copied from a benchmark). Each concept has ten questions with short answers; the
-example locates with the first half and measures on the held-out second half. Each paragraph describes the whole
-concept, so it also states the held-out answers (as a Wikipedia article would). ``BACKGROUND`` (general knowledge,
-used to make the scorers contrastive) and ``UNRELATED`` (held out, used only to measure side effects) are disjoint
-and avoid the five concepts. SmolLM2-135M is small: with the example's few-shot prompt its greedy answer is right for
-only about 4 in 10 of these questions, but the gold answers get a high teacher-forced probability (mean log-prob
--0.6 to -2.3 per token, against -4 to -12 for questions it does not know, such as Hedwig, Gringotts or the lunar maria,
-which were replaced), so the example measures knowledge as the gold answers' log-probability.
+Written for hf_unlearn (not copied from a benchmark); ``hf-unlearn demo`` and the examples
+(``examples/locate_concept.py``, ``examples/dissect_unlearning.py``) read them from here. Each concept has ten
+questions with short answers and a paragraph that describes the whole concept, so it also states the answers (as a
+Wikipedia article would). ``BACKGROUND`` (general knowledge, used to make the concept-vector scorers contrastive and
+as the retain set) and ``UNRELATED`` (held out, used only to measure side effects) are disjoint and avoid the five
+concepts. SmolLM2-135M is small: with a few-shot prompt its greedy answer is right for only about 4 in 10 of these
+questions, but the gold answers get a high teacher-forced probability (mean log-prob -0.6 to -2.3 per token, against
+-4 to -12 for questions it does not know, such as Hedwig, Gringotts or the lunar maria, which were replaced), so the
+demo and the examples measure knowledge as the gold answers' log-probability.
+
+Example:
+    >>> from hf_unlearn.concept_data import get_concept
+    >>> questions, answers = zip(*get_concept("Harry Potter")["qa"])
 """
 
 from __future__ import annotations
+
+__all__ = ["BACKGROUND", "BACKGROUND_TEXT", "CONCEPTS", "UNRELATED", "get_concept"]
 
 CONCEPTS: dict[str, dict] = {
     "Harry Potter": {
@@ -155,3 +162,19 @@ BACKGROUND_TEXT = (
     "green. The Pacific is the largest ocean on Earth. Plants take in carbon dioxide and release oxygen. Tokyo is "
     "the capital of Japan. A spider has eight legs. William Shakespeare wrote Romeo and Juliet and Hamlet."
 )
+
+
+def get_concept(name: str) -> dict:
+    """The built-in concept ``name`` (case-insensitive): ``{"qa": [(question, answer), ...], "text": paragraph}``.
+
+    Raises ``ValueError`` listing the built-in concepts for an unknown name.
+
+    Example:
+        >>> concept = get_concept("the moon")
+        >>> concept["qa"][0]
+        ('Who was the first person to walk on the Moon?', 'Neil Armstrong')
+    """
+    for key, value in CONCEPTS.items():
+        if key.lower() == name.strip().lower():
+            return value
+    raise ValueError(f"no built-in concept {name!r}; choose one of {', '.join(repr(k) for k in CONCEPTS)}")

@@ -323,6 +323,14 @@ def _drop_unscored(dataset: Dataset, name: str, why: str) -> Dataset:
     return dataset
 
 
+def padding_id(tokenizer) -> int:
+    """The id to pad with: the pad token, else EOS (padded positions are masked, so any real token serves)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token")
+    return int(pad)
+
+
 def ensure_pad_token(tokenizer) -> None:
     """Give a tokenizer without a pad token one (its EOS token), with a warning."""
     if tokenizer.pad_token is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import padding_id
 from ._common import (
     DTYPES,
     CLIError,
@@ -197,7 +198,7 @@ def run_generate(args: argparse.Namespace, extra: list[str]) -> int:
             model.set_exit_strategy(**settings)
         except ValueError as error:
             raise CLIError(str(error)) from None
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     rows = []
     with torch.no_grad():
         for prompt in tqdm(prompts, desc="Generating", disable=len(prompts) < 2):

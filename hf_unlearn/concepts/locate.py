@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architectures import decoder_layers, final_norm_gain, mlp_out_module, unembedding, value_vectors_view
-from ..data import UnlearningCollator, tokenize_pair
+from ..data import UnlearningCollator, padding_id, tokenize_pair
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from ..losses import IGNORE_INDEX, sequence_log_probs
 from .projection import scan_value_vectors
@@ -304,7 +304,7 @@ def attribution_scores(
     features = _examples(tokenizer, questions, answers, text, prompt_template, max_length, chat)
     layers = _layer_list(model, layers)
     modules = {layer: mlp_out_module(model, layer) for layer in layers}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = padding_id(tokenizer)
     collate = UnlearningCollator(pad_id)
     device = next(model.parameters()).device
     per_example: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data import padding_id
 from ..evaluation.generation import answer_questions
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE as DEFAULT_TEMPLATE
 
@@ -83,9 +84,7 @@ def encode_probes(tokenizer, probes: Sequence[Probe], padding_side: str = "left"
         raise ValueError(f"padding_side={padding_side!r}: use 'left' or 'right'")
     if not probes:
         raise ValueError("no probes given")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token")
+    pad_id = padding_id(tokenizer)
     rows = []
     for probe in probes:
         prompt_ids = list(tokenizer(probe.prompt)["input_ids"])

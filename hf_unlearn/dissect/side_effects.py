@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..data import UnlearningCollator, prepare_dataset
+from ..data import UnlearningCollator, padding_id, prepare_dataset
 from ..evaluation.generation import answer_questions
 from ..evaluation.overlap import text_overlap
 
@@ -25,7 +25,7 @@ def _device(model: nn.Module) -> torch.device:
 def _text_batch(tokenizer, text: str | Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     texts = [text] if isinstance(text, str) else list(text)
     dataset = prepare_dataset(texts, tokenizer, "held-out text", max_length=max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     return UnlearningCollator(pad)([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in dataset])
 
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..atomic_files import atomic_write_text
+from ..data import padding_id
 from .modeling_early_exit import EarlyExitForCausalLM
 
 #: the setting each strategy's values stand for in ``strategies``.
@@ -163,7 +164,7 @@ def evaluate_exits(
     device = next(model.parameters()).device
     encoded = [tokenizer(p, return_tensors="pt")["input_ids"].to(device) for p in prompts]
     # No stop token: every point generates exactly max_new_tokens, so tokens/s compare like with like.
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     stop = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], pad_token_id=pad)
     reference = reference_model if reference_model is not None else model.backbone
     full_sequences = [reference.generate(ids, attention_mask=torch.ones_like(ids), **stop) for ids in encoded]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..data import UnlearningCollator, prepare_dataset
+from ..data import UnlearningCollator, padding_id, prepare_dataset
 from .generation import answer_questions
 from .jailbreak import Concept, jailbreak_prompts
 from .overlap import text_overlap
@@ -55,7 +55,7 @@ def relearning_attack(
     attacker = copy.deepcopy(unlearned)
     texts = [text] if isinstance(text, str) else list(text)
     dataset = prepare_dataset(texts, tokenizer, "relearning text", max_length=max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import padding_id
 from .prompts import DEFAULT_PROMPT_TEMPLATE, render_prompts
 from .results import MetricValue
 
@@ -108,7 +109,7 @@ def answer_log_probs(
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     examples = _encode(tokenizer, prompts, answers, prompt_template, chat, system_prompt, max_length, add_eos)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
