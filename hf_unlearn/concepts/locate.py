@@ -16,13 +16,7 @@ Concepts are spread over many vectors in small models, so the API returns a rank
 :func:`locate_concept_vectors` go straight into :func:`~hf_unlearn.concepts.ablate_concept_vector`, and
 :func:`score_value_vectors` gives the full score tensors to choose other sets.
 
-Measured on SmolLM2-135M-Instruct (``examples/locate_concept.py``; 5 concepts, located with half of their questions,
-measured on the other half): zeroing the top 40-80 vectors of the contrastive attribution on questions + the
-concept's paragraph lowered the held-out answers' log-prob by 0.7-1.8 nats/token, 17-184x more than that of unrelated
-questions, for all five concepts; questions alone reached 5x for four. The vocab scorer finds vectors that do write
-the concept's tokens, but in this small model zeroing them moved the concept's answers by at most ~0.3 nats/token and
-no more than unrelated ones: it is a static, weights-only view, for larger models (where ConceptVectors found its
-concept vectors) and as one input of the fused ranking.
+Measured results: README.md ("Locating concepts in SmolLM2-135M-Instruct") and ``examples/locate_concept.py``.
 
 Example:
     >>> found = locate_concept_vectors(model, tok, "Harry Potter", questions=qs, answers=ans,

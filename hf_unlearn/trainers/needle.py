@@ -1,54 +1,18 @@
 """Needle (ConceptVectors, Hong et al. 2024): ablate the concept vector(s), then run gradient ascent on the forget
 text with the concept vector(s) as the only parameters that train.
 
-A concept vector ``(L, j)`` is value vector ``j`` of layer ``L``'s MLP output projection: column ``j`` of
-``W_down`` (``(d_model, d_ff)``), or row ``j`` of GPT-2's transposed ``Conv1D`` weight. Since
-``MLP(x) = W_down c(x) = Σ_j c_j(x) v_j``, training ``v_j`` alone changes what the layer writes whenever coefficient
-``c_j`` fires, and nothing else.
+A concept vector ``(L, j)`` is value vector ``j`` of layer ``L``'s MLP output projection (column ``j`` of
+``W_down``; row ``j`` of GPT-2's transposed ``Conv1D``). How it trains, and why:
 
-Design
-------
-* **One parameter per vector, holding the whole vector** (not a delta). Each concept vector gets its own
-  ``nn.Parameter`` of size ``d_model``. While ``train()`` runs these parameters sit in a small container module
-  attached to the model (``model.hf_unlearn_needle``) and every other weight has ``requires_grad=False``, so the
-  Trainer's own machinery sees exactly them: its default optimizer is built from them alone, ``max_grad_norm``
-  clips them, ``grad_norm`` is their norm, ``model.zero_grad()`` clears them and DDP all-reduces them. The
-  container hides itself from ``state_dict()`` and from the missing keys of ``load_state_dict()``, and is removed
-  (with its hooks) when ``train()`` returns or raises.
-* **Gradient through a forward hook that adds exactly zero.** A hook on the MLP output module adds
-  ``c_j(x) · (v_j - v_j.detach())`` to its output: the value is exactly ``0`` (so the forward pass is bit-identical
-  to the plain model), and the gradient w.r.t. ``v_j`` is ``Σ_t c_j(x_t) ∂L/∂out_t``, the gradient column ``j`` of
-  the weight itself would receive. With gradient checkpointing, the inputs must require grad for reentrant
-  checkpointing to back-propagate: transformers turns ``enable_input_require_grads()`` on itself for models fed
-  ``input_ids`` (and leaves it on, with checkpointing, as for any Trainer); otherwise Needle turns it on for the run.
-* **The weight column is the single source of truth.** A step pre-hook on the optimizer copies the current column
-  into its parameter, the optimizer updates the parameter, and a step post-hook writes it back into the column. So
-  the live model always *is* the current model: checkpoints and ``save_model`` are plain models (base weights with
-  the trained columns; no merge step, no extra keys), ``from_pretrained(checkpoint)`` gives bit-identical logits,
-  and after ``train()`` the user's model object holds the final weights, without hooks or extra modules, with its
-  ``requires_grad`` flags as they were. (With bf16/fp16 mixed precision accelerate leaves an autocast wrapper on
-  ``model.forward`` after training, as for any Trainer: the weights are identical, the live logits are autocast's.)
-* **Weight decay touches only the concept vectors, and decays them as the reference did.** The reference put the
-  whole ``W_down`` and the Llama input embedding into AdamW with weight decay 0.01, so decoupled decay shrank every
-  column of both by ``(1 - lr·wd)`` per step. Here the optimizer holds nothing but the vectors; every other weight is
-  bit-identical after training. Decay acts on the whole vector ``v_j`` (towards 0, as AdamW on ``W_down`` did to
-  column ``j``), not on a delta from the ablated start.
-* **Exact resume.** A checkpoint holds the trained columns in the weights and the optimizer state of the vector
-  parameters (one per vector, in ``concept_vectors`` order). On resume the Trainer loads the weights, the new
-  optimizer gets the state by parameter index, and the pre-step copy puts the loaded column into the parameter
-  before the first update, so a resumed run ends at the same weights as an uninterrupted one (bit-exact on CPU and
-  on an H200 in the tests' setting). DDP works (ranks stay identical); DeepSpeed and FSDP are refused.
-
-Alternatives considered: a zero-initialised *delta* per vector would make weight decay pull towards the ablated
-start instead of towards 0, and merging it into the weights at each save would reset it and break the optimizer's
-continuity; ``torch.nn.utils.parametrize`` renames the weight (``parametrizations.weight.original``), so checkpoints
-would not be plain models, and the frozen part of the weight would still need a mask.
-
-Ablation happens once, when the trainer is built (after the reference model, if any, has been copied, so a KL
-retain term anchors to the original model), in place on the model: ``"noise"`` adds seeded ``N(0, σ²)`` noise with
-:func:`~hf_unlearn.concepts.ablate_concept_vector` (the same draw as the causal-validation tool for the same seed),
-``"zero"``/``"mean"`` replace the vector, ``"none"`` trains from the unablated vector. Building a second
-NeedleTrainer on the same model object ablates again (with a warning): continue training with ``ablation="none"``.
+* One ``nn.Parameter`` per vector, in a container attached to the model only while ``train()`` runs, every other
+  weight frozen: the Trainer's optimizer, clipping, ``grad_norm`` and DDP see exactly the vectors.
+* A forward hook adds ``c_j(x)·(v_j - v_j.detach())`` (exactly zero) to the MLP output, so the forward pass is
+  bit-identical and ``v_j`` gets the gradient column ``j`` of the weight would get.
+* The weight column is the single source of truth: optimizer pre/post-step hooks copy it into the parameter and
+  back, so checkpoints are plain models, resume is exact, and weight decay acts on the whole vector (as AdamW on
+  ``W_down`` did in the reference) while every other weight stays bit-identical. DeepSpeed and FSDP are refused.
+* Ablation happens once, in place, when the trainer is built (after a reference copy): ``"noise"`` (seeded, the
+  same draw as :func:`~hf_unlearn.concepts.ablate_concept_vector`), ``"zero"``, ``"mean"`` or ``"none"``.
 """
 
 from __future__ import annotations
