@@ -180,7 +180,7 @@ def embedding_mse(hidden: torch.Tensor, target: torch.Tensor, attention_mask: to
     """RMU's activation distance: ``mean_b (1/|M_b|) Σ_{t∈M_b} (1/d) ‖h_{b,t} - target_{b,t}‖²``.
 
     ``target`` broadcasts against ``hidden`` (``c·û`` for the forget term, the reference activations for the
-    retain term); ``M_b`` are the attended tokens of sequence ``b``. Computed in float32.
+    retain term); ``M_b`` the positions of sequence ``b`` the mask selects. Computed in float32.
     """
     per_token = (hidden.float() - target.float()).pow(2).mean(-1)
     mask = attention_mask.to(per_token.dtype)

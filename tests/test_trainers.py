@@ -281,3 +281,23 @@ def test_idk_dpo_default_reproduces_open_unlearnings_two_over_beta_scale(tokeniz
             losses[scale] = trainer.compute_forget_loss(model, batch)[0]
     assert hu.IdkDPOConfig(output_dir=str(tmp_path)).loss_scale == "open_unlearning"
     torch.testing.assert_close(losses["open_unlearning"], losses["trl"] * (2 / 0.5))
+
+
+@pytest.mark.parametrize("positions", ["scored", "all"])
+def test_rmu_on_prompt_completion_data_steers_the_answer_tokens_by_default(tokenizer, tmp_path, positions):
+    forget = [{"prompt": "who studied at hogwarts ?", "completion": " harry potter ."},
+              {"prompt": "the wizard school is", "completion": " hogwarts castle"}]
+    args = config(hu.RMUConfig, tmp_path, rmu_layer=1, retain_loss="none", positions=positions)
+    trainer = hu.RMUTrainer(tiny_llama(tokenizer), args, train_dataset=forget, processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        loss = trainer.compute_forget_loss(trainer.model, batch)[0]
+        hidden = trainer.layer_activations(trainer.model, batch)
+    target = args.steering_coeff * trainer.control_vector
+    per_token = (hidden - target).pow(2).mean(-1)
+    selected = batch["attention_mask"].bool()
+    if positions == "scored":
+        selected &= batch["labels"] != -100
+        assert selected.sum() < batch["attention_mask"].sum()  # the prompt is left out
+    expected = torch.stack([per_token[b][selected[b]].mean() for b in range(2)]).mean()
+    torch.testing.assert_close(loss, expected)

@@ -34,6 +34,10 @@ class RMUConfig(UnlearningConfig):
             Layers whose MLP output projection trains; `None` means ``rmu_layer - 2 .. rmu_layer``.
         retain_loss (`str`, *optional*, defaults to `"embed_diff"`):
             `"embed_diff"` (activation MSE to the reference at ``rmu_layer``), `"nll"`, `"kl"` or `"none"`.
+        positions (`str`, *optional*, defaults to `"scored"`):
+            Token positions the activation distances average over: `"scored"` (those with a label, i.e. the
+            answer of prompt-completion data, as open-unlearning's RMU; every token of plain text) or `"all"`
+            (every attended token, the prompt included).
     """
 
     rmu_layer: int = field(default=7, metadata={"help": "Decoder layer whose output is steered."})
@@ -46,6 +50,10 @@ class RMUConfig(UnlearningConfig):
     )
     retain_weight: float = field(default=100.0, metadata={"help": "Weight α of the retain term (RMU code: 100)."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Initial learning rate for AdamW."})
+    positions: str = field(
+        default="scored",
+        metadata={"help": "Positions the activation distances average over: 'scored' (labelled tokens) or 'all'."},
+    )
 
     retain_losses: ClassVar[tuple[str, ...]] = ("none", "nll", "kl", "embed_diff")
 
@@ -56,6 +64,8 @@ class RMUConfig(UnlearningConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.positions not in ("scored", "all"):
+            raise ValueError(f"RMUConfig.positions={self.positions!r}: choose 'scored' (labelled tokens) or 'all'")
         layers = self.resolved_trainable_layers()
         if self.rmu_layer < 0 or not layers or min(layers) > self.rmu_layer:
             raise ValueError(
@@ -143,7 +153,7 @@ class RMUTrainer(UnlearningTrainer):
     def compute_forget_loss(self, model, inputs):
         hidden = self.layer_activations(model, inputs)
         target = self.args.steering_coeff * self.control_vector.to(hidden.device)
-        loss = losses.embedding_mse(hidden, target, inputs["attention_mask"])
+        loss = losses.embedding_mse(hidden, target, self._positions(inputs))
         return loss, {"forget_activation_norm": hidden.float().norm(dim=-1).mean()}
 
     def retain_normalization(self) -> str:
@@ -155,4 +165,9 @@ class RMUTrainer(UnlearningTrainer):
         hidden = self.layer_activations(model, retain)
         with self.reference() as ref:
             ref_hidden = self.layer_activations(ref, retain)
-        return losses.embedding_mse(hidden, ref_hidden, retain["attention_mask"]), {}
+        return losses.embedding_mse(hidden, ref_hidden, self._positions(retain)), {}
+
+    def _positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.args.positions == "all":
+            return batch["attention_mask"]
+        return (batch["labels"] != losses.IGNORE_INDEX) & batch["attention_mask"].bool()
