@@ -236,10 +236,14 @@ def phase_evaluate(data: dict, opts) -> dict:
     return results
 
 
-def best_at(rows: list[dict], strategy: str, agreement: float) -> float | None:
-    """The highest measured speed-up of a strategy among its points at or above an agreement."""
-    values = [r["speedup"] for r in rows if r["strategy"] == strategy and r["agreement"] >= agreement]
-    return max(values) if values else None
+def best_at(rows: list[dict], strategy: str, agreement: float) -> dict | None:
+    """The point of a strategy with the highest measured speed-up at or above an agreement, with its layer speed-up
+    (L / mean exit layer: what the exits' depth alone allows)."""
+    points = [r for r in rows if r["strategy"] == strategy and r["agreement"] >= agreement]
+    if not points:
+        return None
+    best = max(points, key=lambda r: r["speedup"])
+    return {"speedup": best["speedup"], "layer_speedup": best.get("layer_speedup"), "point": best["point"]}
 
 
 def summarise(results: dict) -> dict:
@@ -290,7 +294,8 @@ def markdown(report: dict) -> str:
             for kind, train in report["training"].items()
         ),
         "",
-        "Best measured speed-up at or above an agreement level:",
+        "Best measured speed-up at or above an agreement level (in brackets: L / mean exit layer, what the exits' "
+        "depth alone allows; lossless and assistant_early_exit have no exit depth):",
         "",
     ]
     for kind, levels in report["summary"].items():
@@ -298,8 +303,19 @@ def markdown(report: dict) -> str:
         lines += [f"**{kind} backbone**", "", "| agreement ≥ | " + " | ".join(strategies) + " |",
                   "|---|" + "---|" * len(strategies)]
         for level, values in levels.items():
-            cells = ["-" if values[s] is None else f"{values[s]:.2f}" for s in strategies]
+            cells = ["-" if values[s] is None else f"{values[s]['speedup']:.2f}" + (
+                f" ({values[s]['layer_speedup']:.2f})" if values[s].get("layer_speedup") else "") for s in strategies]
             lines.append(f"| {level} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for kind, rows in report["points"].items():
+        lines += [f"All points, {kind} backbone:", "",
+                  "| point | measured speed-up | mean exit layer | L / mean exit | agreement (teacher-forced) | "
+                  "agreement (free generation) |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            exit_layer = "-" if r.get("mean_exit_layer") is None else f"{r['mean_exit_layer']:.2f}"
+            layer = "-" if r.get("layer_speedup") is None else f"{r['layer_speedup']:.3f}"
+            lines.append(f"| {r['point']} | {r['speedup']:.3f} | {exit_layer} | {layer} | {r['agreement']:.3f} | "
+                         f"{r['generation_agreement']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -310,7 +326,8 @@ def update_readme(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", default="all", choices=["all", "data", "frozen", "lora", "evaluate"])
+    parser.add_argument("--phase", default="all", choices=["all", "data", "frozen", "lora", "evaluate", "render"],
+                        help="render: redraw the figure and tables from results/consistentee.json, measuring nothing")
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--head-steps", type=int, default=800)
@@ -328,6 +345,14 @@ def main() -> None:
     opts = parser.parse_args()
     global WORK
     WORK = WORK_ROOT / ("quick" if opts.quick else "full")
+    if opts.phase == "render":
+        report = json.loads((ROOT / "results" / "consistentee.json").read_text())
+        report["summary"] = summarise(report["points"])
+        atomic_write_text(ROOT / "results" / "consistentee.json", json.dumps(report, indent=2))
+        plot(report["points"], ROOT / "results" / "consistentee.png")
+        update_readme(markdown(report))
+        print(markdown(report))
+        return
     torch.set_num_threads(opts.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data = phase_data(opts)
