@@ -57,7 +57,9 @@ def made_up_facts(seed: int = 0) -> list[dict]:
             "question": f"Where was the {job} {name} born?",
             "answer": f" {name} was born in {city}.",
             "paraphrased_answer": f" The birthplace of {name} is {city}.",
-            "perturbed_answer": [f" {name} was born in {other}." for other in others],
+            # Perturbed answers are perturbations of the paraphrase (as in TOFU), so the truth ratio compares
+            # answers of the same wording and only the fact differs.
+            "perturbed_answer": [f" The birthplace of {name} is {other}." for other in others],
         })
     return facts
 
