@@ -1,7 +1,7 @@
 """Dissect fine-tuning unlearning on the real SmolLM2-135M-Instruct (CPU, a few minutes).
 
 1. Unlearn "Harry Potter" with GradDiff and with NPO: a few dozen steps on the project's own short text about it
-   (examples/concept_data.py), retaining a general-knowledge text.
+   (hf_unlearn/concept_data.py), retaining a general-knowledge text.
 2. Locate the concept's vectors in the original model and audit them in each unlearned model.
 3. Run activation patching (MLP coefficients, attention outputs, both) and parameter restoration (value vectors)
    with the original model's greedy answers as probes, plus side effects on unrelated questions and on another
@@ -17,30 +17,26 @@ import argparse
 import copy
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noqa: E402
-
-import hf_unlearn as hu  # noqa: E402
-from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
-from hf_unlearn.concepts import audit_concept_vectors  # noqa: E402
-from hf_unlearn.concepts.locate import locate_concept_vectors  # noqa: E402
-from hf_unlearn.dissect import (  # noqa: E402
+import hf_unlearn as hu
+from hf_unlearn.atomic_files import atomic_write_text
+from hf_unlearn.concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED
+from hf_unlearn.concepts import audit_concept_vectors
+from hf_unlearn.concepts.locate import locate_concept_vectors
+from hf_unlearn.dissect import (
     DissectionTable,
     activation_patching,
     make_probes,
     parameter_restoration,
     side_effects,
 )
-from hf_unlearn.evaluation import answer_log_probs  # noqa: E402
-from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
+from hf_unlearn.evaluation import answer_log_probs
+from hf_unlearn.smollm2 import load_smollm2
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEMPLATE = "Question: {q}\nAnswer:"

@@ -1,7 +1,7 @@
 """Locate concept vectors in the real SmolLM2-135M-Instruct, ablate them, and measure what is forgotten.
 
 For five concepts the model knows (Harry Potter, Paris/France, the Moon, football, Python), with the project's own
-questions, short gold answers and paragraphs (``examples/concept_data.py``):
+questions, short gold answers and paragraphs (``hf_unlearn/concept_data.py``):
 
 1. locate value vectors with each scorer, using only the FIRST half of the concept's questions (plus its paragraph
    for the ``+text`` variants, and the background questions/paragraph for the contrast);
@@ -30,21 +30,17 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # concept_data.py sits next to this file
-
-from concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED  # noqa: E402
-
-from hf_unlearn.atomic_files import atomic_write, atomic_write_text  # noqa: E402
-from hf_unlearn.concepts import ablate_concept_vector  # noqa: E402
-from hf_unlearn.concepts.locate import score_value_vectors  # noqa: E402
-from hf_unlearn.evaluation import answer_log_probs  # noqa: E402
-from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
+from hf_unlearn.atomic_files import atomic_write, atomic_write_text
+from hf_unlearn.concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED
+from hf_unlearn.concepts import ablate_concept_vector
+from hf_unlearn.concepts.locate import score_value_vectors
+from hf_unlearn.evaluation import answer_log_probs
+from hf_unlearn.smollm2 import load_smollm2
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Two worked examples teach the model the short-answer format: with them the gold answers get a mean log-prob of

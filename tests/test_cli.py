@@ -78,7 +78,7 @@ def test_every_subcommand_has_help_with_examples(command, capsys):
 
 def test_parser_lists_the_subcommands():
     choices = next(a for a in build_parser()._actions if a.dest == "command").choices
-    assert set(choices) == {"unlearn", "locate", "audit", "dissect", "evaluate", "early-exit", "push"}
+    assert set(choices) == {"unlearn", "locate", "audit", "dissect", "evaluate", "early-exit", "push", "demo"}
 
 
 def test_list_methods_and_help_config(capsys):

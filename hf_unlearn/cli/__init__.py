@@ -15,13 +15,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from . import audit, dissect, early_exit, evaluate, locate, push, unlearn
+from . import audit, demo, dissect, early_exit, evaluate, locate, push, unlearn
 from ._common import CLIError, Parser, one_line
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: the subcommand modules, in ``--help`` order.
-SUBCOMMANDS = (unlearn, locate, audit, dissect, evaluate, early_exit, push)
+SUBCOMMANDS = (unlearn, locate, audit, dissect, evaluate, early_exit, push, demo)
 
 DESCRIPTION = """\
 Unlearning for Hugging Face causal LMs: train, audit and inspect.

@@ -317,6 +317,7 @@ def _convert_training_arguments(args: TrainingArguments, config_class: type[Base
     method's default (Needle's learning rate 0.2, not 5e-5); a field the user changed is kept."""
     plain = TrainingArguments(output_dir=args.output_dir)
     method_defaults = {f.name: f for f in fields(config_class) if f.init}
+    plain_defaults = {f.name: f.default for f in fields(TrainingArguments) if f.init}
     values, replaced = {}, []
     for f in fields(args):
         if not f.init:
@@ -324,7 +325,9 @@ def _convert_training_arguments(args: TrainingArguments, config_class: type[Base
         value = getattr(args, f.name)
         if f.name != "output_dir" and value == getattr(plain, f.name, _MISSING):
             default = method_defaults.get(f.name)
-            if default is not None and default.default is not MISSING and default.default != value:
+            # Name only what the method itself sets differently (its learning rate, epochs, ...).
+            if (default is not None and default.default is not MISSING
+                    and default.default != plain_defaults.get(f.name, MISSING)):
                 replaced.append(f"{f.name}={default.default!r}")
             continue
         values[f.name] = value
