@@ -226,6 +226,12 @@ def _cell(text: Any, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _gives_gold(answer: str, gold: str) -> bool:
+    """Whether a greedy answer contains the gold answer (case and a leading article ignored)."""
+    gold = re.sub(r"^(the|a|an) ", "", gold.lower()).strip(" .")
+    return bool(gold) and gold in answer.lower()
+
+
 def _answer(text: str) -> str:
     """An answer's table cell; an empty answer (the model stopped at once) is shown as such."""
     return _cell(text) if text.strip() else "*(no answer)*"
@@ -517,7 +523,9 @@ def _plain_summary(data: dict[str, Any]) -> list[str]:
         f"original's) "
         f"from {_fmt(m['before']['rouge_l'])} to {_fmt(m['after']['rouge_l'])} for {method} and from "
         f"{_fmt(n['before']['rouge_l'])} to {_fmt(n['after']['rouge_l'])} for Needle (a rise of "
-        f"{_fmt(t['attack_recovered'])} or more counts as recovery)."
+        f"{_fmt(t['attack_recovered'])} or more counts as recovery). This compares greedy answers, and the original "
+        f"itself gives the gold answer to only {meta['answers']['gold_given']['original']} of {total} questions: the "
+        "teacher-forced log-probabilities above are the stronger measure of what the model knows."
     )
     if demo["quick"]:
         lines.append("**These numbers come from a tiny model taught the built-in data for a few seconds (--quick):** "
@@ -592,7 +600,10 @@ def render_report(data: dict[str, Any]) -> str:
             f"{_answer(r[method])} | {_answer(r['Needle'])} |" for r in meta["answers"]["concept"]]
     changed = meta["answers"]["changed"]
     total = len(meta["answers"]["concept"])
-    out += ["", f"Answers that changed: {method} {changed[method]}/{total}, Needle {changed['Needle']}/{total}."]
+    gold_given = meta["answers"]["gold_given"]
+    out += ["", f"Answers that changed: {method} {changed[method]}/{total}, Needle {changed['Needle']}/{total}. "
+            f"Answers that contain the gold answer: original {gold_given['original']}/{total}, {method} "
+            f"{gold_given[method]}/{total}, Needle {gold_given['Needle']}/{total}."]
     out += ["", "### Unrelated questions", "", f"| question | gold | original | {method} | Needle |",
             "|---|---|---|---|---|"]
     out += [f"| {_cell(r['question'], 60)} | {_cell(r['gold'], 24)} | {_answer(r['original'])} | "
@@ -858,6 +869,8 @@ def run_demo(
                                                                                                          "Needle")}
         answers["unrelated_changed"] = {key: sum(r["original"] != r[key] for r in answers["unrelated"])
                                         for key in (display, "Needle")}
+        answers["gold_given"] = {key: sum(_gives_gold(r[key], r["gold"]) for r in answers["concept"])
+                                 for key in ("original", display, "Needle")}
         stage_seconds = dict(stage.seconds)
         meta = {
             "demo": {

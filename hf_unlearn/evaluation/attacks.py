@@ -67,6 +67,9 @@ def relearning_attack(
             seed=seed,
             logging_steps=max(1, steps // 4),
             use_cpu=_device(attacker).type == "cpu",
+            # Pinned memory only helps copies to a GPU; on the CPU torch warns about it.
+            dataloader_pin_memory=_device(attacker).type == "cuda",
+            disable_tqdm=True,
         )
         Trainer(
             model=attacker,
