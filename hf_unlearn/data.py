@@ -52,7 +52,7 @@ def to_dataset(data: Any, name: str) -> Dataset:
             raise ValueError(f"{name} must be a datasets.Dataset or a list of dicts or strings, not a mixed list")
         try:
             dataset = Dataset.from_list(rows)
-        except (TypeError, ValueError, ArrowException) as error:
+        except (TypeError, ValueError, OverflowError, ArrowException) as error:
             _raise_for_bad_row(rows, name)
             raise ValueError(
                 f"{name} mixes value types within a column ({type(error).__name__}: {error}); give every row the "
