@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _create_temporary(path: Path) -> str:
@@ -45,3 +47,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
 
     atomic_write(path, write)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
+    """Write ``data`` as strict JSON (a NaN or infinity is an error, not invalid JSON), UTF-8, atomically."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False))
+    return Path(path)

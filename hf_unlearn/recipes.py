@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic_files import atomic_write_text
+from .atomic_files import atomic_write_json
 from .evaluation import UnlearningEvaluation, answer_questions, evaluate_unlearning
 from .evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from .general_knowledge import general_knowledge
@@ -76,9 +75,7 @@ class ConceptUnlearningResult:
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` atomically (strict JSON)."""
-        path = Path(path)
-        atomic_write_text(path, json.dumps(_finite(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False))
-        return path
+        return atomic_write_json(path, _finite(self.to_dict()), indent=2)
 
     def to_markdown(self, max_rows: int = 10, width: int = 60) -> str:
         """Answers before and after (first ``max_rows`` of each split) and the metrics side by side."""

@@ -222,6 +222,9 @@ def test_early_exit_train_generate_bench(files, capsys):
         (["early-exit", "bench", "--model", "{model}", "--prompts", "{root}/questions.txt", "--strategy", "fast=1"],
          "--strategy 'fast=1'"),
         (["dissect", "--original", "{model}"], "required"),
+        # Checked before any model loads: the unlearned path does not even exist.
+        (["dissect", "--original", "{model}", "--unlearned", "{root}/no_model_here", "--questions",
+          "{root}/questions.txt", "--window", "4"], "window=4 must be a positive odd number"),
         (["locate", "--model", "{model}", "--concept", "x", "--questions", "{root}/questions.txt", "--frobnicate"],
          "unrecognized arguments: --frobnicate"),
     ],

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..atomic_files import atomic_write_text
+from ..atomic_files import atomic_write_json
 
 #: ``--model`` value that loads the embedded SmolLM2-135M-Instruct (``hf_unlearn.smollm2.load_smollm2``).
 SMOLLM2 = "smollm2"
@@ -311,10 +311,19 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def load_model_pair(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """``(original, unlearned, tokenizer)`` from ``--original`` / ``--unlearned``, both checked as supported."""
+    device = resolve_device(args.device)
+    original, tokenizer = load_model(args.original, args.dtype, device)
+    unlearned, _ = load_model(args.unlearned, args.dtype, device, tokenizer=False)
+    check_supported(original, args.original)
+    check_supported(unlearned, args.unlearned)
+    return original, unlearned, tokenizer
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Strict JSON (NaN becomes null), written atomically."""
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, ensure_ascii=False, allow_nan=False))
-    return path
+    return atomic_write_json(path, _jsonable(data), indent=2)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

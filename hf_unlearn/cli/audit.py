@@ -9,11 +9,9 @@ from ._common import (
     CLIError,
     add_model_options,
     add_runtime_options,
-    check_supported,
-    load_model,
+    load_model_pair,
     output_dir,
     report,
-    resolve_device,
 )
 
 EXAMPLES = """\
@@ -76,11 +74,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         except ValueError:
             raise CLIError(f"--layers {args.layers!r}: use audited, all or indices like 3,4") from None
     out = output_dir(args.output_dir)
-    device = resolve_device(args.device)
-    original, tokenizer = load_model(args.original, args.dtype, device)
-    unlearned, _ = load_model(args.unlearned, args.dtype, device, tokenizer=False)
-    check_supported(original, args.original)
-    check_supported(unlearned, args.unlearned)
+    original, unlearned, tokenizer = load_model_pair(args)
     try:
         table = audit_concept_vectors(original, unlearned, vectors, top_k=args.top_k, tokenizer=tokenizer,
                                       layers=layers, progress=True)

@@ -6,15 +6,12 @@ from __future__ import annotations
 import argparse
 
 from ._common import (
-    CLIError,
     add_model_options,
     add_runtime_options,
-    check_supported,
-    load_model,
+    load_model_pair,
     load_questions,
     output_dir,
     report,
-    resolve_device,
     split_list,
 )
 
@@ -54,18 +51,15 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..dissect import DissectionTable, activation_patching, make_probes, parameter_restoration
+    from ..dissect.recovery import check_window
 
     experiments = split_list(args.experiments, "--experiments", EXPERIMENTS)
     components = split_list(args.components, "--components", COMPONENTS)
-    if args.window < 1:
-        raise CLIError(f"--window must be >= 1, got {args.window}")
+    # The library's rule, checked before any model loads.
+    check_window(args.window)
     questions, answers = load_questions(args.questions)
     out = output_dir(args.output_dir)
-    device = resolve_device(args.device)
-    original, tokenizer = load_model(args.original, args.dtype, device)
-    unlearned, _ = load_model(args.unlearned, args.dtype, device, tokenizer=False)
-    check_supported(original, args.original)
-    check_supported(unlearned, args.unlearned)
+    original, unlearned, tokenizer = load_model_pair(args)
     probes = make_probes(original, tokenizer, questions, answers, max_new_tokens=args.max_new_tokens)
     table = DissectionTable([])
     if "patching" in experiments:

@@ -40,7 +40,7 @@ from ..architectures import (
     mlp_out_module,
     unwrap_model,
 )
-from ..atomic_files import atomic_write_text
+from ..atomic_files import atomic_write_json
 from .records import ConceptVector, VectorRef, as_vector_refs
 
 __all__ = ["ENGLISH_STOPWORDS", "AuditTable", "audit_concept_vectors"]
@@ -230,9 +230,7 @@ class AuditTable:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the table as strict JSON (no NaN), atomically: a crash never leaves a half-written file."""
-        path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1, allow_nan=False))
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> AuditTable:

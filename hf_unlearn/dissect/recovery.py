@@ -74,9 +74,14 @@ def _window(centre: int, window: int, num_layers: int) -> list[int]:
     return [layer for layer in range(centre - half, centre + half + 1) if 0 <= layer < num_layers]
 
 
-def _num_layers(original: nn.Module, unlearned: nn.Module, window: int) -> int:
+def check_window(window: int) -> None:
+    """Raise a ValueError unless ``window`` is a positive odd number of layers (a window is centred on a layer)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"window={window!r} must be a positive odd number of layers (centred on each layer), e.g. 5")
+
+
+def _num_layers(original: nn.Module, unlearned: nn.Module, window: int) -> int:
+    check_window(window)
     check_same_layout(original, unlearned)
     return len(decoder_layers(original))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic_files import atomic_write_text
+from ..atomic_files import atomic_write_json
 from ..concepts.audit import AuditTable
 from ..dissect.results import DissectionTable
 from ..evaluation.evaluate import UnlearningEvaluation
@@ -216,9 +216,7 @@ class UnlearningAudit:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write strict JSON (no NaN) atomically; returns the path."""
-        path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1, allow_nan=False))
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> UnlearningAudit:
