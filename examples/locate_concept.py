@@ -5,7 +5,7 @@ questions, short gold answers and paragraphs (``hf_unlearn/concept_data.py``):
 
 1. locate value vectors with each scorer, using only the FIRST half of the concept's questions (plus its paragraph
    for the ``+text`` variants, and the background questions/paragraph for the contrast);
-2. zero the top-n vectors (n = 10, 20, 40, 80) with ``ablate_concept_vector`` and measure the mean per-token
+2. zero the top-n vectors (n = 10, 20, 40, 80) with ``ablate_concept_vectors`` and measure the mean per-token
    log-probability of the gold answers (teacher forced, few-shot ``Question:/Answer:`` prompt) for the locating half,
    the HELD-OUT second half, the background questions (seen by the locator) and held-out unrelated questions;
 3. pick n per concept and scorer from the in-sample numbers only (the largest n whose background drop stays within
@@ -37,7 +37,7 @@ import torch
 
 from hf_unlearn.atomic_files import atomic_write, atomic_write_text
 from hf_unlearn.concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED
-from hf_unlearn.concepts import ablate_concept_vector
+from hf_unlearn.concepts import ablate_concept_vectors
 from hf_unlearn.concepts.locate import score_value_vectors
 from hf_unlearn.evaluation import answer_log_probs
 from hf_unlearn.smollm2 import load_smollm2
@@ -141,7 +141,7 @@ def validate(model, tokenizer, records, heldout, unrelated) -> dict | None:
         validation = importlib.import_module("hf_unlearn.concepts.validation")
     except ImportError:
         return None
-    result = validation.validate_concept_vector(
+    result = validation.validate_concept_vectors(
         model, tokenizer, records, questions=[q for q, _ in heldout], unrelated_questions=[q for q, _ in unrelated],
         mode="zero", max_new_tokens=16, prompt_template=FEW_SHOT, progress=False,
         # The answer is the first line; what follows is the model inventing the next few-shot question.
@@ -210,7 +210,7 @@ def main() -> None:
             rows = []
             for n in args.sizes:
                 top = scores.top(n, by=by)
-                with ablate_concept_vector(model, top, mode="zero"):
+                with ablate_concept_vectors(model, top, mode="zero"):
                     ablated = measure(model, tokenizer, groups)
                 drop = {k: clean[k] - ablated[k] for k in clean}
                 rows.append({"n": n, "drop": drop, "in_sample_ratio": ratio(drop["locate"], drop["background"]),

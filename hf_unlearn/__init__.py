@@ -10,12 +10,15 @@ from .architectures import ArchitectureAdapter, get_adapter, register_architectu
 from .concepts import (
     ConceptVector,
     ablate_concept_vector,
+    ablate_concept_vectors,
     audit_concept_vectors,
     load_concept_vectors,
     locate_concept_vectors,
+    save_concept_vectors,
     validate_concept_vector,
+    validate_concept_vectors,
 )
-from .dissect import activation_patching, knowledge_recovery_score, parameter_restoration
+from .dissect import activation_patching, knowledge_recovery_score, make_probes, parameter_restoration
 from .early_exit import EarlyExitConfig, EarlyExitForCausalLM, evaluate_exits
 from .evaluation import (
     QASet,
@@ -110,6 +113,7 @@ __all__ = [
     "WGAConfig",
     "WGATrainer",
     "ablate_concept_vector",
+    "ablate_concept_vectors",
     "activation_patching",
     "add_memorized_layers",
     "answer_log_probs",
@@ -120,7 +124,9 @@ __all__ = [
     "get_method",
     "knowledge_recovery_score",
     "load_concept_vectors",
+    "make_probes",
     "locate_concept_vectors",
+    "save_concept_vectors",
     "losses",
     "parameter_restoration",
     "push_audited_to_hub",
@@ -132,4 +138,5 @@ __all__ = [
     "save_early_exit",
     "unlearn_concept",
     "validate_concept_vector",
+    "validate_concept_vectors",
 ]

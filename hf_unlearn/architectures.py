@@ -122,7 +122,10 @@ def early_exit_layout(model_or_config: nn.Module | PretrainedConfig) -> dict[str
     """The adapter of a model (or config) as a plain dict, for an early-exit config to carry (so that a saved
     checkpoint walks its layers without this table); a clear error for a family that cannot be walked layer by
     layer."""
-    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else unwrap_model(model_or_config).config
+    if isinstance(model_or_config, PretrainedConfig):
+        config = model_or_config
+    else:
+        config = underlying_model(model_or_config).config
     model_type = config.model_type
     adapter = _adapter_for(model_type)
     if adapter.embed_tokens is None or (adapter.qkv_proj is None and adapter.k_proj is None):
@@ -135,10 +138,20 @@ def early_exit_layout(model_or_config: nn.Module | PretrainedConfig) -> dict[str
     return asdict(adapter)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The underlying ``PreTrainedModel``: strips DDP/FSDP ``.module`` and PEFT wrappers."""
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a PEFT ``PeftModel`` (adapters on a base model), the one test used across the library."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is a dependency, but a model cannot be a PeftModel without it
+        return False
+    return isinstance(model, PeftModel)
+
+
+def underlying_model(model: nn.Module) -> nn.Module:
+    """The underlying ``PreTrainedModel``: strips DDP/FSDP ``.module`` and PEFT wrappers (unlike transformers'
+    ``unwrap_model``, which leaves PEFT in place)."""
     while True:
-        if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        if is_peft_model(model):
             model = model.get_base_model()
         elif isinstance(getattr(model, "module", None), nn.Module):
             model = model.module
@@ -148,7 +161,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def get_adapter(model: nn.Module) -> ArchitectureAdapter:
     """The adapter for ``model``; a clear error naming the supported families otherwise."""
-    return _adapter_for(getattr(getattr(unwrap_model(model), "config", None), "model_type", None))
+    return _adapter_for(getattr(getattr(underlying_model(model), "config", None), "model_type", None))
 
 
 def _adapter_for(model_type: str | None) -> ArchitectureAdapter:
@@ -163,7 +176,7 @@ def _adapter_for(model_type: str | None) -> ArchitectureAdapter:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of ``model``."""
-    return unwrap_model(model).get_submodule(get_adapter(model).layers)
+    return underlying_model(model).get_submodule(get_adapter(model).layers)
 
 
 def check_same_layout(original: nn.Module, unlearned: nn.Module) -> None:
@@ -173,14 +186,14 @@ def check_same_layout(original: nn.Module, unlearned: nn.Module) -> None:
     Example:
         >>> check_same_layout(original, unlearned)  # an audit or a dissection of two models starts with this
     """
-    types = [getattr(getattr(unwrap_model(m), "config", None), "model_type", None) for m in (original, unlearned)]
+    types = [getattr(getattr(underlying_model(m), "config", None), "model_type", None) for m in (original, unlearned)]
     if types[0] != types[1]:
         raise ValueError(f"the models have different architectures: original {types[0]!r}, unlearned {types[1]!r}")
     n0, n1 = len(decoder_layers(original)), len(decoder_layers(unlearned))
     if n0 != n1:
         raise ValueError(f"the models have different depths: original {n0} decoder layers, unlearned {n1}")
-    e0 = tuple(unwrap_model(original).get_output_embeddings().weight.shape)
-    e1 = tuple(unwrap_model(unlearned).get_output_embeddings().weight.shape)
+    e0 = tuple(underlying_model(original).get_output_embeddings().weight.shape)
+    e1 = tuple(underlying_model(unlearned).get_output_embeddings().weight.shape)
     if e0 != e1:
         raise ValueError(f"the unembeddings differ in shape (vocabulary x hidden): original {e0}, unlearned {e1}")
     w0 = tuple(mlp_out_weight(original, 0).shape)
@@ -216,7 +229,7 @@ def attn_out_module(model: nn.Module, layer: int) -> nn.Module:
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm applied to the last hidden state before the unembedding."""
-    return unwrap_model(model).get_submodule(get_adapter(model).final_norm)
+    return underlying_model(model).get_submodule(get_adapter(model).final_norm)
 
 
 def final_norm_gain(model: nn.Module) -> torch.Tensor | None:
@@ -229,7 +242,7 @@ def final_norm_gain(model: nn.Module) -> torch.Tensor | None:
 
 def unembedding(model: nn.Module) -> torch.Tensor:
     """The unembedding matrix ``(vocab, d_model)`` (tied or not)."""
-    return unwrap_model(model).get_output_embeddings().weight
+    return underlying_model(model).get_output_embeddings().weight
 
 
 def mlp_out_weight(model: nn.Module, layer: int) -> torch.Tensor:

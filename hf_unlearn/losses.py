@@ -30,6 +30,7 @@ __all__ = [
     "masked_mean",
     "memorized_layers",
     "npo_loss",
+    "policy_warmup_loss",
     "reinforce_loss",
     "satimp_loss",
     "sequence_log_probs",
@@ -254,6 +255,32 @@ def consistentee_rewards(
         raise ValueError(f"cost_shape {cost_shape!r} is unknown; choose 'layers', 'fraction' or 'log'")
     hardness_weight = 1.0 - memorized.to(exit_losses.dtype) / num_layers
     return -accuracy_weight * exit_losses - cost_coefficient * hardness_weight * cost
+
+
+def policy_warmup_loss(
+    exit_probs: torch.Tensor,
+    exit_layers: list[int],
+    memorized: torch.Tensor,
+    mask: torch.Tensor,
+    num_items: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Supervised warm start of an exit policy: binary cross-entropy of ``p_k`` (the policy's exit probability at
+    internal exit ``k``) against "the token is memorized by exit ``k``" (``k >= m``: this exit and every deeper one
+    are right), summed over the exits and averaged over the ``N`` scored tokens.
+
+    ``exit_probs`` is ``(num_internal_exits, ...)`` in the order of ``exit_layers``; ``memorized`` and ``mask`` have
+    the trailing shape. Thresholding the trained ``p_k`` at ``τ`` exits where the estimated chance that nothing deeper
+    would change the token is above ``τ``.
+    """
+    if exit_probs.shape[0] != len(exit_layers):
+        raise ValueError(f"exit_probs has {exit_probs.shape[0]} exits, exit_layers {len(exit_layers)}")
+    layers = torch.tensor(exit_layers, device=exit_probs.device).view(-1, *([1] * memorized.dim()))
+    targets = (layers >= memorized.unsqueeze(0)).to(torch.float32)
+    probs = exit_probs.float().clamp(1e-6, 1 - 1e-6)
+    per_token = torch.nn.functional.binary_cross_entropy(probs, targets, reduction="none") * mask.unsqueeze(0)
+    if num_items is None:
+        num_items = mask.sum().clamp(min=1)
+    return per_token.sum() / num_items
 
 
 def reinforce_loss(

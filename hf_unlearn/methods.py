@@ -55,8 +55,8 @@ DATA_FORMATS = {
 class MethodSpec:
     """One unlearning method: its config and trainer classes and what it needs.
 
-    Whether a reference model is needed comes from the trainer itself (``needs_reference`` for the forget term,
-    ``uses_reference(args)`` for the settings as a whole, e.g. a KL retain term), never from a copy kept here.
+    Whether a reference model is needed comes from the trainer itself (``forget_uses_reference`` for the forget
+    term, ``uses_reference(args)`` for the settings as a whole, e.g. a KL retain term), never from a copy kept here.
 
     Example:
         >>> spec = get_method("rmu")
@@ -70,9 +70,9 @@ class MethodSpec:
     summary: str
 
     @property
-    def needs_reference(self) -> bool:
-        """Whether the forget term itself needs a reference model (the trainer's ``needs_reference``)."""
-        return self.trainer_class.needs_reference
+    def forget_uses_reference(self) -> bool:
+        """Whether the forget term itself needs a reference model (the trainer's ``forget_uses_reference``)."""
+        return self.trainer_class.forget_uses_reference
 
     @property
     def preference(self) -> bool:
@@ -107,7 +107,7 @@ class MethodSpec:
             "config_class": self.config_class.__name__,
             "trainer_class": self.trainer_class.__name__,
             "data_format": self.data_format,
-            "needs_reference": self.uses_reference(),
+            "uses_reference": self.uses_reference(),
             "uses_retain": self.uses_retain,
             "retain_loss": self.default_retain_loss,
             "summary": self.summary,

@@ -173,7 +173,7 @@ def run_job(args: argparse.Namespace, out: Path) -> None:
     finally:
         base.retain_indices = original_retain_indices
 
-    final_model = base.unwrap_model(trainer.model)
+    final_model = base.underlying_model(trainer.model)
     final = {k: v.detach().cpu().clone() for k, v in final_model.state_dict().items()}
     nll_after = forget_nll(final_model, tokenizer, forget_texts)
     rank = trainer.accelerator.process_index

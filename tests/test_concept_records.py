@@ -148,10 +148,10 @@ def test_negative_layers_are_refused_by_ablation_and_the_value_vector_view(token
     from tiny_models import tiny_llama
 
     from hf_unlearn.architectures import value_vectors_view
-    from hf_unlearn.concepts import ablate_concept_vector
+    from hf_unlearn.concepts import ablate_concept_vectors
 
     model = tiny_llama(tokenizer)
-    with pytest.raises(ValueError, match="no negative indices"), ablate_concept_vector(model, (-1, 0)):
+    with pytest.raises(ValueError, match="no negative indices"), ablate_concept_vectors(model, (-1, 0)):
         pass
     with pytest.raises(IndexError, match="layer -1 out of range"):
         value_vectors_view(model, -1)

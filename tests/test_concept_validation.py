@@ -10,9 +10,9 @@ import pytest
 import torch
 from tiny_models import tiny_gpt2, tiny_llama
 
-from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
+from hf_unlearn.concepts import ConceptVector, ablate_concept_vectors
 from hf_unlearn.concepts import validation as validation_module
-from hf_unlearn.concepts.validation import ValidationResult, validate_concept_vector
+from hf_unlearn.concepts.validation import ValidationResult, validate_concept_vectors
 from hf_unlearn.evaluation.generation import answer_questions
 from hf_unlearn.evaluation.overlap import UnicodeWordTokenizer, _bleu_builtin, bleu, rouge_l, text_overlap
 
@@ -174,7 +174,7 @@ def test_ablation_changes_only_the_vectors_and_restores_bit_exactly(tokenizer, b
     saved = snapshot(model)
     before = {layer: value_vectors_view(model, layer).clone() for layer in (0, 1)}
     locations = [(0, 3), (1, 7), (1, 3), (1, 7)]  # a repeated location must still come back exactly
-    with ablate_concept_vector(model, locations, mode=mode, sigma=0.5, seed=1):
+    with ablate_concept_vectors(model, locations, mode=mode, sigma=0.5, seed=1):
         for layer in (0, 1):
             view = value_vectors_view(model, layer)
             changed = (view != before[layer]).any(dim=0).nonzero().flatten().tolist()
@@ -187,20 +187,20 @@ def test_ablation_changes_only_the_vectors_and_restores_bit_exactly(tokenizer, b
 def test_ablation_restores_on_exception_and_is_seeded(tokenizer, llama):
     saved = snapshot(llama)
     with pytest.raises(RuntimeError, match="boom"):
-        with ablate_concept_vector(llama, [(0, 1), (1, 2)], mode="noise", sigma=1.0, seed=3):
+        with ablate_concept_vectors(llama, [(0, 1), (1, 2)], mode="noise", sigma=1.0, seed=3):
             raise RuntimeError("boom")
     assert_same_weights(llama, saved)
     from hf_unlearn.concepts import value_vector
 
-    with ablate_concept_vector(llama, (1, 2), seed=3):
+    with ablate_concept_vectors(llama, (1, 2), seed=3):
         first = value_vector(llama, 1, 2)
-    with ablate_concept_vector(llama, (1, 2), seed=3):
+    with ablate_concept_vectors(llama, (1, 2), seed=3):
         assert torch.equal(value_vector(llama, 1, 2), first)
     assert_same_weights(llama, saved)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# validate_concept_vector
+# validate_concept_vectors
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -226,8 +226,8 @@ def test_validation_separates_a_planted_concept_vector(tokenizer):
     saved = snapshot(model)
     kwargs = dict(questions=TARGET, unrelated_questions=UNRELATED, mode="zero", max_new_tokens=8,
                   prompt_template="{q}")
-    planted = validate_concept_vector(model, tokenizer, (0, 5), **kwargs)
-    control = validate_concept_vector(model, tokenizer, (0, 6), **kwargs)
+    planted = validate_concept_vectors(model, tokenizer, (0, 5), **kwargs)
+    control = validate_concept_vectors(model, tokenizer, (0, 6), **kwargs)
     assert planted.target_bleu < 0.2 and planted.target_rouge_l < 0.2
     assert planted.unrelated_bleu > planted.target_bleu + 0.4
     assert control.target_bleu > 0.5  # an arbitrary vector of the same layer does not do this
@@ -240,12 +240,12 @@ def test_noop_ablation_scores_one_heavy_ablation_scores_lower(tokenizer, llama):
     saved = snapshot(llama)
     every_vector = [(layer, dim) for layer in (0, 1) for dim in range(64)]
     kwargs = dict(questions=TARGET, unrelated_questions=UNRELATED, max_new_tokens=8, prompt_template="{q}")
-    noop = validate_concept_vector(llama, tokenizer, every_vector, mode="noise", sigma=0.0, **kwargs)
+    noop = validate_concept_vectors(llama, tokenizer, every_vector, mode="noise", sigma=0.0, **kwargs)
     assert noop.target.ablated_answers == noop.target.clean_answers
     assert all(len(a.split()) >= 4 for a in noop.target.clean_answers)  # else BLEU-4 could not reach 1
     assert noop.summary() == {"target_bleu": 1.0, "target_rouge_l": 1.0, "unrelated_bleu": 1.0,
                               "unrelated_rouge_l": 1.0}
-    heavy = validate_concept_vector(llama, tokenizer, every_vector, mode="noise", sigma=1.0, **kwargs)
+    heavy = validate_concept_vectors(llama, tokenizer, every_vector, mode="noise", sigma=1.0, **kwargs)
     assert heavy.target_bleu < 0.9 and heavy.unrelated_bleu < 0.9 and heavy.target_rouge_l < 1.0
     assert_same_weights(llama, saved)
 
@@ -255,7 +255,7 @@ def test_validation_defaults_to_record_fields_and_scores_every_unrelated_questio
     first = ConceptVector("Harry Potter", 1, 4, questions=TARGET[:3], unrelated_questions=unrelated,
                           text_completions=[{"First_half": "harry potter studied", "Second_half": "at hogwarts"}])
     second = ConceptVector("Harry Potter", 0, 9, questions=TARGET[2:], unrelated_questions=unrelated)
-    result = validate_concept_vector(llama, tokenizer, [first, second], max_new_tokens=2, score_completions=True)
+    result = validate_concept_vectors(llama, tokenizer, [first, second], max_new_tokens=2, score_completions=True)
     assert result.target.prompts == TARGET  # union, de-duplicated, in order
     assert result.unrelated.prompts == unrelated[:12]  # all 12 scored; the target question is dropped
     assert len(result.unrelated.bleu) == len(result.unrelated.rouge_l) == 12
@@ -280,7 +280,7 @@ def test_validation_restores_weights_when_generation_fails(tokenizer, llama, mon
 
     monkeypatch.setattr(validation_module, "answer_questions", failing)
     with pytest.raises(RuntimeError, match="generation failed"):
-        validate_concept_vector(llama, tokenizer, [(0, 1), (1, 1)], questions=TARGET[:1], sigma=5.0,
+        validate_concept_vectors(llama, tokenizer, [(0, 1), (1, 1)], questions=TARGET[:1], sigma=5.0,
                                 max_new_tokens=2)
     assert_same_weights(llama, saved)
 
@@ -288,11 +288,11 @@ def test_validation_restores_weights_when_generation_fails(tokenizer, llama, mon
 def test_bleu_order_option(tokenizer, llama, monkeypatch):
     answers = iter([["the cat"], ["the cat sat on the mat"]])  # clean pass, then ablated pass
     monkeypatch.setattr(validation_module, "answer_questions", lambda *a, **k: next(answers))
-    standard = validate_concept_vector(llama, tokenizer, (0, 1), questions=["q"], unrelated_questions=[])
+    standard = validate_concept_vectors(llama, tokenizer, (0, 1), questions=["q"], unrelated_questions=[])
     assert standard.target_bleu == pytest.approx(bleu("the cat sat on the mat", "the cat"))
     assert standard.unrelated is None and standard.unrelated_bleu is None
     answers = iter([["the cat"], ["the cat sat on the mat"]])
-    swapped = validate_concept_vector(llama, tokenizer, (0, 1), questions=["q"], unrelated_questions=[],
+    swapped = validate_concept_vectors(llama, tokenizer, (0, 1), questions=["q"], unrelated_questions=[],
                                       bleu_order="conceptvectors")
     assert swapped.target_bleu == pytest.approx(bleu("the cat", "the cat sat on the mat"))
     assert swapped.target_rouge_l == standard.target_rouge_l
@@ -301,12 +301,26 @@ def test_bleu_order_option(tokenizer, llama, monkeypatch):
 def test_validation_rejects_bad_inputs_before_generating(tokenizer, llama, monkeypatch):
     monkeypatch.setattr(validation_module, "answer_questions", lambda *a, **k: pytest.fail("generated"))
     with pytest.raises(ValueError, match="mode"):
-        validate_concept_vector(llama, tokenizer, (0, 1), questions=["q"], mode="shuffle")
+        validate_concept_vectors(llama, tokenizer, (0, 1), questions=["q"], mode="shuffle")
     with pytest.raises(IndexError, match="dim 999"):
-        validate_concept_vector(llama, tokenizer, (0, 999), questions=["q"])
+        validate_concept_vectors(llama, tokenizer, (0, 999), questions=["q"])
     with pytest.raises(ValueError, match="no questions"):
-        validate_concept_vector(llama, tokenizer, (0, 1))
+        validate_concept_vectors(llama, tokenizer, (0, 1))
     with pytest.raises(ValueError, match="bleu_order"):
-        validate_concept_vector(llama, tokenizer, (0, 1), questions=["q"], bleu_order="reverse")
+        validate_concept_vectors(llama, tokenizer, (0, 1), questions=["q"], bleu_order="reverse")
     with pytest.raises(TypeError, match="layer, dim"):
-        validate_concept_vector(llama, tokenizer, ["layer 0"], questions=["q"])
+        validate_concept_vectors(llama, tokenizer, ["layer 0"], questions=["q"])
+
+
+def test_the_old_singular_names_warn_and_do_the_same(llama):
+    from hf_unlearn.concepts import ablate_concept_vector, value_vector
+
+    with ablate_concept_vectors(llama, [(1, 2)], mode="zero"):
+        expected = value_vector(llama, 1, 2).clone()
+    with pytest.warns(FutureWarning, match="renamed ablate_concept_vectors"):
+        with ablate_concept_vector(llama, [(1, 2)], mode="zero"):
+            assert torch.equal(value_vector(llama, 1, 2), expected)
+    import hf_unlearn
+
+    with pytest.warns(FutureWarning, match="renamed validate_concept_vectors"), pytest.raises(ValueError):
+        hf_unlearn.validate_concept_vector(llama, None, [], [])

@@ -66,6 +66,23 @@ def test_rewards_and_reinforce_loss_match_hand_computation():
     assert torch.all(logp.grad[:, 1] == 0)
 
 
+def test_policy_warmup_loss_matches_hand_computation():
+    # 2 internal exits (layers 2 and 3) x 3 tokens; memorized layers 2, 3 and 4 (the last: never by an internal exit).
+    probs = torch.tensor([[0.9, 0.2, 0.3], [0.6, 0.7, 0.1]], requires_grad=True)
+    memorized = torch.tensor([2, 3, 4])
+    mask = torch.tensor([True, True, False])
+    loss = losses.policy_warmup_loss(probs, [2, 3], memorized, mask)
+    # targets: exit 2 -> [1, 0, 0]; exit 3 -> [1, 1, 0]; the third token is not scored.
+    manual = -(math.log(0.9) + math.log(1 - 0.2) + math.log(0.6) + math.log(0.7)) / 2
+    assert loss.item() == pytest.approx(manual, rel=1e-5)
+    assert losses.policy_warmup_loss(probs, [2, 3], memorized, mask, num_items=4).item() == pytest.approx(
+        manual / 2, rel=1e-5)
+    loss.backward()
+    assert torch.all(probs.grad[:, 2] == 0)
+    with pytest.raises(ValueError, match="2 exits, exit_layers 3"):
+        losses.policy_warmup_loss(probs, [1, 2, 3], memorized, mask)
+
+
 def test_exit_weights_and_multi_exit_loss():
     torch.testing.assert_close(losses.exit_layer_weights([1, 2, 3], "depth"), torch.tensor([1, 2, 3]) / 6.0)
     torch.testing.assert_close(losses.exit_layer_weights([1, 2], "uniform"), torch.tensor([0.5, 0.5]))
@@ -223,7 +240,8 @@ def test_gradient_accumulation_matches_the_full_batch(tokenizer, tmp_path):
 def test_consistentee_stages_run_alone_and_in_order(tokenizer, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     args = run_config(ConsistentEEConfig, tmp_path, max_steps=2, policy_max_steps=2, joint_max_steps=2,
-                      stages=["heads", "memorize", "policy", "joint"], early_exit_kwargs={"min_exit_layer": 1},
+                      policy_warmup_max_steps=2, stages=["heads", "memorize", "policy_warmup", "policy", "joint"],
+                      early_exit_kwargs={"min_exit_layer": 1},
                       save_strategy="steps", save_steps=2)
     trainer = ConsistentEETrainer(backbone, args, train_dataset=FORGET_TEXTS + RETAIN_TEXTS,
                                   processing_class=tokenizer)
@@ -235,7 +253,12 @@ def test_consistentee_stages_run_alone_and_in_order(tokenizer, tmp_path):
     row = trainer.train_dataset[0]
     assert len(row[MEMORIZED_COLUMN]) == len(row["labels"]) and row[MEMORIZED_COLUMN][0] == 0
     adapters_before = {k: v.clone() for k, v in trainer.model.early_exit.adapters.state_dict().items()}
+    trainer.train(stage="policy_warmup")
+    warmed = {k: v.clone() for k, v in trainer.model.early_exit.policy.state_dict().items()}
+    assert any({"warmup_loss", "policy_accuracy"} <= set(h) for h in trainer.state.log_history)
+    assert not all(torch.equal(v, warmed[k]) for k, v in policy_before.items())
     trainer.train(stage="policy")
+    assert not all(torch.equal(v, trainer.model.early_exit.policy.state_dict()[k]) for k, v in warmed.items())
     assert all(torch.equal(v, trainer.model.early_exit.adapters.state_dict()[k]) for k, v in adapters_before.items())
     assert not all(torch.equal(v, trainer.model.early_exit.policy.state_dict()[k]) for k, v in policy_before.items())
     assert trainer.model.config.policy_trained
@@ -318,7 +341,15 @@ def task_backbone():
     return model.eval()
 
 
-def test_consistentee_exits_easy_tokens_earlier_than_hard_ones(task_backbone, tokenizer, tmp_path):
+@pytest.mark.parametrize(
+    "stages",
+    [
+        ["heads", "memorize", "policy"],  # the paper's stages
+        ["heads", "memorize", "policy_warmup"],  # the supervised warm start alone
+        ["heads", "memorize", "policy_warmup", "policy"],  # the default
+    ],
+)
+def test_consistentee_exits_easy_tokens_earlier_than_hard_ones(task_backbone, tokenizer, tmp_path, stages):
     rng = random.Random(1)
     rows = []
     for _ in range(128):
@@ -327,6 +358,7 @@ def test_consistentee_exits_easy_tokens_earlier_than_hard_ones(task_backbone, to
     args = run_config(
         ConsistentEEConfig, tmp_path, per_device_train_batch_size=16, max_steps=20, learning_rate=3e-3,
         policy_max_steps=60, policy_learning_rate=2e-2, cost_coefficient=0.2, logging_steps=10,
+        policy_warmup_max_steps=30, policy_warmup_learning_rate=1e-2, stages=stages,
         early_exit_kwargs={"min_exit_layer": 1},
     )
     trainer = ConsistentEETrainer(task_backbone, args, train_dataset=rows, processing_class=tokenizer)

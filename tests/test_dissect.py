@@ -15,6 +15,7 @@ from hf_unlearn.dissect import (
     activation_patching,
     encode_probes,
     knowledge_recovery_score,
+    make_probes,
     parameter_restoration,
     patch_activations,
     record_activations,
@@ -95,6 +96,23 @@ def test_patching_only_answer_positions(tokenizer):
     )
     _, krs = table.curve("activation_patching", "both")
     assert all(0.0 < k <= 1.0 + 1e-6 for k in krs)
+
+
+def test_patching_accepts_plain_question_answer_pairs(tokenizer):
+    original, unlearned = pair(tokenizer, layer=1, layers=3)
+    questions, answers = ["who studied at hogwarts ?", "the capital city of france is"], [" harry potter .", " paris"]
+    run = dict(components=("mlp",), window=1, progress=False)
+    probes = make_probes(original, tokenizer, questions, answers)
+    expected = activation_patching(original, unlearned, tokenizer, probes, **run).curve("activation_patching", "mlp")
+    for plain in (list(zip(questions, answers)), [{"question": q, "answer": a} for q, a in zip(questions, answers)]):
+        got = activation_patching(original, unlearned, tokenizer, plain, **run).curve("activation_patching", "mlp")
+        assert got == expected
+    # the template matters: the same pairs as bare Probes (no template) score differently
+    bare = activation_patching(original, unlearned, tokenizer, [Probe(q, a) for q, a in zip(questions, answers)],
+                               **run).curve("activation_patching", "mlp")
+    assert bare != expected
+    with pytest.raises(ValueError, match=r"\(question, answer\) string pairs"):
+        activation_patching(original, unlearned, tokenizer, ["a question without an answer"], **run)
 
 
 def test_identical_models_give_no_nan_and_a_warning(tokenizer):

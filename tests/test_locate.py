@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hf_unlearn.architectures import decoder_layers, mlp_out_module, unembedding, value_vectors_view
-from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
+from hf_unlearn.concepts import ConceptVector, ablate_concept_vectors
 from hf_unlearn.concepts.locate import (
     ConceptScores,
     attribution_scores,
@@ -193,7 +193,7 @@ def planted_model(tok, kind, layer):
 def test_attribution_ranks_planted_neuron_first(tok, kind, layer):
     model = planted_model(tok, kind, layer)
     with_neuron = answer_log_prob(model, tok, QUESTIONS, ANSWERS)
-    with ablate_concept_vector(model, (layer, DIM), mode="zero"):
+    with ablate_concept_vectors(model, (layer, DIM), mode="zero"):
         assert answer_log_prob(model, tok, QUESTIONS, ANSWERS) < with_neuron - 1e-3  # it does carry the concept
     contrastive = score_value_vectors(model, tok, CONCEPT, **DATA)
     plain = score_value_vectors(model, tok, CONCEPT, contrastive=False, **DATA)
@@ -225,10 +225,10 @@ def test_contrast_demotes_a_generic_high_magnitude_neuron(tok, kind):
     # Preconditions: the generic neuron supports both sets, the concept neuron only the concept.
     concept0, background0 = (answer_log_prob(model, tok, QUESTIONS, ANSWERS),
                              answer_log_prob(model, tok, BG_QUESTIONS, BG_ANSWERS))
-    with ablate_concept_vector(model, (1, GENERIC_DIM), mode="zero"):
+    with ablate_concept_vectors(model, (1, GENERIC_DIM), mode="zero"):
         assert answer_log_prob(model, tok, QUESTIONS, ANSWERS) < concept0 - 0.1
         assert answer_log_prob(model, tok, BG_QUESTIONS, BG_ANSWERS) < background0 - 0.1
-    with ablate_concept_vector(model, (1, DIM), mode="zero"):
+    with ablate_concept_vectors(model, (1, DIM), mode="zero"):
         assert answer_log_prob(model, tok, QUESTIONS, ANSWERS) < concept0 - 0.03
         assert abs(answer_log_prob(model, tok, BG_QUESTIONS, BG_ANSWERS) - background0) < 0.005
 
@@ -290,7 +290,7 @@ def test_records_feed_straight_into_ablation(tok):
     assert all(a.scores["score"] >= b.scores["score"] for a, b in zip(found, found[1:]))
     before = answer_log_prob(model, tok, QUESTIONS, ANSWERS)
     original = value_vectors_view(model, 1)[:, DIM].clone()
-    with ablate_concept_vector(model, found, mode="zero"):
+    with ablate_concept_vectors(model, found, mode="zero"):
         assert torch.all(value_vectors_view(model, 1)[:, DIM] == 0)
         assert answer_log_prob(model, tok, QUESTIONS, ANSWERS) < before
     assert torch.equal(value_vectors_view(model, 1)[:, DIM], original)

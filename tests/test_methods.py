@@ -35,11 +35,11 @@ def test_registry_holds_every_unlearning_trainer_under_its_own_name():
 
 
 def test_reference_and_retain_come_from_the_trainers_own_rules():
-    assert hu.get_method("npo").needs_reference and hu.get_method("npo").uses_reference()
-    assert not hu.get_method("simnpo").needs_reference and not hu.get_method("simnpo").uses_reference()
+    assert hu.get_method("npo").forget_uses_reference and hu.get_method("npo").uses_reference()
+    assert not hu.get_method("simnpo").forget_uses_reference and not hu.get_method("simnpo").uses_reference()
     # RMU's forget term needs no reference, but its default embed_diff retain term does.
     rmu = hu.get_method("rmu")
-    assert not rmu.needs_reference and rmu.uses_reference() and rmu.default_retain_loss == "embed_diff"
+    assert not rmu.forget_uses_reference and rmu.uses_reference() and rmu.default_retain_loss == "embed_diff"
     grad_diff = hu.get_method("grad_diff")
     assert not grad_diff.uses_reference()
     assert grad_diff.uses_reference(grad_diff.make_config(retain_loss="kl"))

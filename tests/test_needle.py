@@ -13,7 +13,7 @@ from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_gpt
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from hf_unlearn.architectures import get_adapter, mlp_out_module, value_vectors_view
-from hf_unlearn.concepts import ConceptVector, ablate_concept_vector
+from hf_unlearn.concepts import ConceptVector, ablate_concept_vectors
 from hf_unlearn.data import UnlearningCollator, prepare_dataset
 from hf_unlearn.losses import masked_mean, token_log_probs
 from hf_unlearn.trainers.needle import NEEDLE_MODULE, NeedleConfig, NeedleTrainer
@@ -38,7 +38,7 @@ def forget_nll(model, batch) -> torch.Tensor:
 def ablated_state(model, locations, seed: int, mode: str = "noise") -> dict[str, torch.Tensor]:
     """The state dict of ``model`` after the causal-validation tool's ablation of ``locations``."""
     model = copy.deepcopy(model)
-    with ablate_concept_vector(model, locations, mode=mode, sigma=0.1, seed=seed):
+    with ablate_concept_vectors(model, locations, mode=mode, sigma=0.1, seed=seed):
         return {k: v.clone() for k, v in model.state_dict().items()}
 
 

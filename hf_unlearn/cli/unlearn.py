@@ -78,7 +78,7 @@ def add_parser(subparsers) -> None:
 def list_methods() -> str:
     rows = [spec.to_dict() for spec in METHODS.values()]
     return markdown_table(
-        rows, ["name", "trainer_class", "data_format", "needs_reference", "uses_retain", "retain_loss", "summary"]
+        rows, ["name", "trainer_class", "data_format", "uses_reference", "uses_retain", "retain_loss", "summary"]
     )
 
 

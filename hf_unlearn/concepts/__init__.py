@@ -1,6 +1,6 @@
 """Concept vectors: locate, validate, audit and ablate the MLP value vectors that store a concept."""
 
-from .ablation import ablate_concept_vector
+from .ablation import ablate_concept_vector, ablate_concept_vectors
 from .audit import ENGLISH_STOPWORDS, AuditTable, audit_concept_vectors
 from .locate import (
     ConceptScores,
@@ -14,7 +14,7 @@ from .locate import (
 )
 from .projection import VocabChunk, project_to_vocab, scan_value_vectors, value_vector
 from .records import ConceptVector, load_concept_vectors, save_concept_vectors
-from .validation import AnswerComparison, ValidationResult, validate_concept_vector
+from .validation import AnswerComparison, ValidationResult, validate_concept_vector, validate_concept_vectors
 
 __all__ = [
     "AnswerComparison",
@@ -25,6 +25,7 @@ __all__ = [
     "ValidationResult",
     "VocabChunk",
     "ablate_concept_vector",
+    "ablate_concept_vectors",
     "attribution_scores",
     "audit_concept_vectors",
     "characteristic_tokens",
@@ -37,6 +38,7 @@ __all__ = [
     "score_value_vectors",
     "token_prior",
     "validate_concept_vector",
+    "validate_concept_vectors",
     "value_vector",
     "vocab_scores",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -20,7 +21,7 @@ def _locations(vectors: VectorRef | Iterable[VectorRef]) -> list[tuple[int, int]
 
 
 @contextmanager
-def ablate_concept_vector(
+def ablate_concept_vectors(
     model: nn.Module,
     vectors: VectorRef | Iterable[VectorRef],
     mode: str = "noise",
@@ -33,7 +34,7 @@ def ablate_concept_vector(
     zeroes the vector, ``"mean"`` replaces it by the mean value vector of its layer.
 
     Example:
-        >>> with ablate_concept_vector(model, [(20, 10513), (21, 398)], mode="zero"):
+        >>> with ablate_concept_vectors(model, [(20, 10513), (21, 398)], mode="zero"):
         ...     answers = answer_questions(model, tokenizer, questions)
     """
     if mode not in ABLATIONS:
@@ -61,3 +62,13 @@ def ablate_concept_vector(
             # Reverse order: the same column listed twice gets its true original back.
             for view, dim, original in reversed(saved):
                 view[:, dim] = original
+
+
+def ablate_concept_vector(*args, **kwargs):
+    """Deprecated name of :func:`ablate_concept_vectors` (it takes a list of vectors)."""
+    warnings.warn(
+        "ablate_concept_vector is renamed ablate_concept_vectors; the old name will be removed",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return ablate_concept_vectors(*args, **kwargs)

@@ -38,7 +38,7 @@ from ..architectures import (
     final_norm_gain,
     get_adapter,
     mlp_out_module,
-    unwrap_model,
+    underlying_model,
 )
 from ..atomic_files import atomic_write_json
 from .records import ConceptVector, VectorRef, as_vector_refs
@@ -124,7 +124,7 @@ def _value_matrix(model: nn.Module, layer: int, include_adapters: bool) -> torch
 
 
 def _unembedding(model: nn.Module, include_adapters: bool) -> torch.Tensor:
-    return _effective_weight(unwrap_model(model).get_output_embeddings(), include_adapters).detach().float()
+    return _effective_weight(underlying_model(model).get_output_embeddings(), include_adapters).detach().float()
 
 
 def _peft_layers(model: nn.Module) -> list[nn.Module]:
@@ -316,7 +316,7 @@ def audit_concept_vectors(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     refs = as_vector_refs(vectors)
-    base0, base1 = unwrap_model(original), unwrap_model(unlearned)
+    base0, base1 = underlying_model(original), underlying_model(unlearned)
     get_adapter(base0), get_adapter(base1)  # clear error for an unsupported family
     check_same_layout(base0, base1)
     # Same object: adapters were injected into the original in place, so its own view must exclude them.

@@ -13,7 +13,7 @@ Two complementary ways to rank every MLP value vector ``(layer, dim)`` of a mode
   dominated by generic high-magnitude neurons that support every answer.
 
 Concepts are spread over many vectors in small models, so the API returns a ranked *set*: the records of
-:func:`locate_concept_vectors` go straight into :func:`~hf_unlearn.concepts.ablate_concept_vector`, and
+:func:`locate_concept_vectors` go straight into :func:`~hf_unlearn.concepts.ablate_concept_vectors`, and
 :func:`score_value_vectors` gives the full score tensors to choose other sets.
 
 Measured results: README.md ("Locating concepts in SmolLM2-135M-Instruct") and ``examples/locate_concept.py``.
@@ -21,7 +21,7 @@ Measured results: README.md ("Locating concepts in SmolLM2-135M-Instruct") and `
 Example:
     >>> found = locate_concept_vectors(model, tok, "Harry Potter", questions=qs, answers=ans,
     ...                                background_questions=bg_qs, background_answers=bg_ans, top_n=40)
-    >>> with ablate_concept_vector(model, found, mode="zero"): ...
+    >>> with ablate_concept_vectors(model, found, mode="zero"): ...
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..architectures import decoder_layers, final_norm_gain, mlp_out_module, unembedding, value_vectors_view
 from ..data import UnlearningCollator, padding_id, tokenize_pair
+from ..eval_mode import eval_mode
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from ..losses import IGNORE_INDEX, sequence_log_probs
 from .projection import scan_value_vectors
@@ -303,8 +304,6 @@ def attribution_scores(
     device = next(model.parameters()).device
     per_example: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     step = batch_size or len(features)
-    # Per-module flags, not just model.training: a caller may keep some submodules in another mode on purpose.
-    saved_modes = [(module, module.training) for module in model.modules()]
     handles = []
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -321,39 +320,37 @@ def attribution_scores(
 
         return hook
 
-    try:
-        model.eval()
-        for layer, module in modules.items():
-            handles.append(module.register_forward_pre_hook(make_hook(layer)))
-        for start in range(0, len(features), step):
+    with eval_mode(model):
+        try:
+            for layer, module in modules.items():
+                handles.append(module.register_forward_pre_hook(make_hook(layer)))
+            for start in range(0, len(features), step):
+                captured.clear()
+                # Also inside a caller's no_grad / inference_mode block: the scores need a backward pass (and tensors
+                # made under inference mode, the batch included, could not be saved for it).
+                with torch.inference_mode(False), torch.enable_grad():
+                    batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    sums, counts = sequence_log_probs(logits, batch["labels"])
+                    # Per-example mean over answer tokens, summed over the batch: total / len(features) is the mean.
+                    objective = (sums / counts.clamp(min=1)).sum() / len(features)
+                    missing = [layer for layer in layers if layer not in captured]
+                    if missing:
+                        raise RuntimeError(f"the forward pass never reached the MLP output module of layers {missing}")
+                    grads = torch.autograd.grad(objective, [captured[layer][1] for layer in layers], allow_unused=True)
+                mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)
+                for layer, grad in zip(layers, grads):
+                    activation = captured[layer][0]
+                    if grad is None:  # the layer cannot influence the objective (e.g. it only sees padding)
+                        grad = torch.zeros_like(activation)
+                    # Sum over positions within each example: the net effect on that example's log-likelihood.
+                    per_example[layer].append((activation.float() * grad.float() * mask).sum(1).double().cpu())
+                del logits, grads
+                captured.clear()
+        finally:
+            for handle in handles:
+                handle.remove()
             captured.clear()
-            # Also inside a caller's no_grad / inference_mode block: the scores need a backward pass (and tensors
-            # made under inference mode, the batch included, could not be saved for it).
-            with torch.inference_mode(False), torch.enable_grad():
-                batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                sums, counts = sequence_log_probs(logits, batch["labels"])
-                # Per-example mean over answer tokens, summed over the batch: total / len(features) is the mean.
-                objective = (sums / counts.clamp(min=1)).sum() / len(features)
-                missing = [layer for layer in layers if layer not in captured]
-                if missing:
-                    raise RuntimeError(f"the forward pass never reached the MLP output module of layers {missing}")
-                grads = torch.autograd.grad(objective, [captured[layer][1] for layer in layers], allow_unused=True)
-            mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)
-            for layer, grad in zip(layers, grads):
-                activation = captured[layer][0]
-                if grad is None:  # the layer cannot influence the objective (e.g. it only sees padding)
-                    grad = torch.zeros_like(activation)
-                # Sum over positions within each example: the net effect on that example's log-likelihood.
-                per_example[layer].append((activation.float() * grad.float() * mask).sum(1).double().cpu())
-            del logits, grads
-            captured.clear()
-    finally:
-        for handle in handles:
-            handle.remove()
-        captured.clear()
-        for module, mode in saved_modes:
-            module.training = mode
     out = {layer: torch.cat(parts) for layer, parts in per_example.items()}
     if reduction == "sum":
         return {layer: values.sum(0).float() for layer, values in out.items()}
@@ -680,7 +677,7 @@ def locate_concept_vectors(
     Example:
         >>> found = locate_concept_vectors(model, tok, "Paris", questions=qs, answers=ans, text=paragraph,
         ...                                background_questions=bq, background_answers=ba, top_n=40)
-        >>> with ablate_concept_vector(model, found, mode="zero"): evaluate(model)
+        >>> with ablate_concept_vectors(model, found, mode="zero"): evaluate(model)
     """
     result = score_value_vectors(
         model,

@@ -5,12 +5,13 @@ ConceptVectors §5 protocol: greedy answers of the clean model, then of the mode
 against the clean answer to the same prompt (BLEU, ROUGE-L F1; 1.0 = unchanged). A concept vector should show a large
 drop on its own questions and a small one on unrelated questions. Unlike the reference code, every unrelated question
 is scored (it scored only the last 10 of 50) and the noise never accumulates across calls (the weights are restored
-bit-exactly by :func:`~hf_unlearn.concepts.ablation.ablate_concept_vector`, also when generation raises).
+bit-exactly by :func:`~hf_unlearn.concepts.ablation.ablate_concept_vectors`, also when generation raises).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,10 @@ from ..architectures import value_vectors_view
 from ..evaluation.generation import answer_questions
 from ..evaluation.overlap import text_overlap
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
-from .ablation import ABLATIONS, ablate_concept_vector
+from .ablation import ABLATIONS, ablate_concept_vectors
 from .records import ConceptVector, VectorRef, as_vector_refs
 
-__all__ = ["AnswerComparison", "ValidationResult", "validate_concept_vector"]
+__all__ = ["AnswerComparison", "ValidationResult", "validate_concept_vectors"]
 
 BLEU_ORDERS = ("standard", "conceptvectors")
 #: ConceptVectors' text-completion prompt (used when ``score_completions=True``).
@@ -77,13 +78,13 @@ class AnswerComparison:
 
 @dataclass
 class ValidationResult:
-    """Outcome of :func:`validate_concept_vector`.
+    """Outcome of :func:`validate_concept_vectors`.
 
     ``target`` holds the concept's questions, ``unrelated`` the unrelated questions (``None`` when there were none),
     ``completion`` the text-completion prompts (only with ``score_completions=True``).
 
     Example:
-        >>> result = validate_concept_vector(model, tokenizer, vector)
+        >>> result = validate_concept_vectors(model, tokenizer, vector)
         >>> json.dumps(result.to_dict()); print(result)
     """
 
@@ -166,7 +167,7 @@ def _compare(prompts: list[str], clean: list[str], ablated: list[str], bleu_orde
     return AnswerComparison(prompts, clean, ablated, scores["bleu_per_item"], scores["rouge_l_per_item"])
 
 
-def validate_concept_vector(
+def validate_concept_vectors(
     model: nn.Module,
     tokenizer: Any,
     vectors: VectorRef | Iterable[VectorRef],
@@ -191,12 +192,12 @@ def validate_concept_vector(
     ``vectors``: one ``ConceptVector``, one ``(layer, dim)`` pair or a list of them, ablated together as one set.
     ``questions`` / ``unrelated_questions`` default to the ``ConceptVector`` fields (the de-duplicated union over the
     listed vectors; unrelated questions that are also target questions are dropped). ``mode``/``sigma``/``seed`` go to
-    :func:`~hf_unlearn.concepts.ablation.ablate_concept_vector`. ``bleu_order="standard"`` scores BLEU(hypothesis =
+    :func:`~hf_unlearn.concepts.ablation.ablate_concept_vectors`. ``bleu_order="standard"`` scores BLEU(hypothesis =
     ablated answer, reference = clean answer); ``"conceptvectors"`` swaps them as the reference code does. ROUGE-L F1
     is symmetric. ``score_completions`` also scores the vectors' text completions (``First_half`` prompts).
 
     Example:
-        >>> result = validate_concept_vector(model, tokenizer, vectors[0], mode="noise", sigma=0.1)
+        >>> result = validate_concept_vectors(model, tokenizer, vectors[0], mode="noise", sigma=0.1)
         >>> result.target_bleu, result.unrelated_bleu
     """
     if bleu_order not in BLEU_ORDERS:
@@ -252,7 +253,7 @@ def validate_concept_vector(
 
     try:
         clean = run("clean")
-        with ablate_concept_vector(model, locations, mode=mode, sigma=sigma, seed=seed):
+        with ablate_concept_vectors(model, locations, mode=mode, sigma=sigma, seed=seed):
             ablated = run("ablated")
     finally:
         bar.close()
@@ -275,3 +276,13 @@ def validate_concept_vector(
             "system_prompt": system_prompt,
         },
     )
+
+
+def validate_concept_vector(*args, **kwargs):
+    """Deprecated name of :func:`validate_concept_vectors` (it takes a list of vectors)."""
+    warnings.warn(
+        "validate_concept_vector is renamed validate_concept_vectors; the old name will be removed",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return validate_concept_vectors(*args, **kwargs)

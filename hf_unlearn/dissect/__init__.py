@@ -1,6 +1,6 @@
 """Dissection of fine-tuning unlearning: activation patching, parameter restoration, side effects."""
 
-from .hooks import SITES, patch_activations, record_activations
+from ..activations import SITES, patch_activations, record_activations
 from .probes import Probe, ProbeBatch, encode_probes, make_probes
 from .recovery import activation_patching, knowledge_recovery_score, parameter_restoration
 from .results import DissectionTable

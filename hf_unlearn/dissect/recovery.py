@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..activations import patch_activations, record_activations
 from ..architectures import attn_module, check_same_layout, decoder_layers, mlp_module, mlp_out_module
-from .hooks import patch_activations, record_activations
-from .probes import Probe, ProbeBatch, encode_probes
+from ..eval_mode import eval_mode
+from .probes import Probe, ProbeBatch, encode_probes, make_probes
 from .results import DissectionTable
 
 COMPONENTS = {"mlp": ("mlp",), "attn": ("attn",), "both": ("mlp", "attn")}
@@ -86,21 +87,29 @@ def _num_layers(original: nn.Module, unlearned: nn.Module, window: int) -> int:
     return len(decoder_layers(original))
 
 
-def _prepare(tokenizer, probes: Sequence[Probe] | ProbeBatch, model: nn.Module) -> ProbeBatch:
-    batch = probes if isinstance(probes, ProbeBatch) else encode_probes(tokenizer, probes)
-    return batch.to(next(model.parameters()).device)
+ProbesLike = Sequence[Probe] | Sequence[tuple[str, str]] | Sequence[dict[str, str]] | ProbeBatch
 
 
-@contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
+def _prepare(tokenizer, probes: ProbesLike, model: nn.Module) -> ProbeBatch:
+    """A probe batch from probes, or from plain ``(question, answer)`` pairs / ``{"question", "answer"}`` dicts
+    (put in the default prompt template by :func:`make_probes`)."""
+    if isinstance(probes, ProbeBatch):
+        return probes.to(next(model.parameters()).device)
+    items = list(probes)
+    if items and not all(isinstance(item, Probe) for item in items):
+        questions, answers = [], []
+        for item in items:
+            if isinstance(item, dict) and {"question", "answer"} <= set(item):
+                item = (item["question"], item["answer"])
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise ValueError(
+                    "probes must be Probe objects (make_probes), (question, answer) string pairs or "
+                    f"{{'question': ..., 'answer': ...}} dicts; got {item!r}"
+                )
+            questions.append(item[0])
+            answers.append(item[1])
+        items = make_probes(model, tokenizer, questions, answers)
+    return encode_probes(tokenizer, items).to(next(model.parameters()).device)
 
 
 @torch.no_grad()
@@ -108,7 +117,7 @@ def activation_patching(
     original: nn.Module,
     unlearned: nn.Module,
     tokenizer,
-    probes: Sequence[Probe] | ProbeBatch,
+    probes: ProbesLike,
     components: Sequence[str] = ("mlp", "attn", "both"),
     window: int = 5,
     positions: str = "all",
@@ -118,10 +127,11 @@ def activation_patching(
 
     ``components``: ``"mlp"`` (MLP coefficients), ``"attn"`` (attention outputs), ``"both"``. Every layer of the
     window ``[l - window//2, l + window//2]`` is patched, at all positions or only at the answer positions
-    (``positions="answer"``). The original model's activations are recorded once, in one forward pass.
+    (``positions="answer"``). The original model's activations are recorded once, in one forward pass. ``probes``:
+    from :func:`make_probes` (e.g. with the original's own greedy answers), or plain ``(question, answer)`` pairs.
 
     Example:
-        >>> table = activation_patching(original, unlearned, tokenizer, make_probes(original, tokenizer, questions))
+        >>> table = activation_patching(original, unlearned, tokenizer, [("Who wrote Hamlet?", "Shakespeare")])
         >>> table.plot("patching.png")
     """
     unknown = [c for c in components if c not in COMPONENTS]
@@ -133,7 +143,7 @@ def activation_patching(
     batch = _prepare(tokenizer, probes, original)
     selected = batch.answer_mask if positions == "answer" else None
     layers = range(num_layers)
-    with _eval_mode(original, unlearned):
+    with eval_mode(original, unlearned):
         with (
             record_activations(original, "mlp", layers, selected) as mlp_acts,
             record_activations(original, "attn", layers, selected) as attn_acts,
@@ -184,7 +194,7 @@ def parameter_restoration(
     original: nn.Module,
     unlearned: nn.Module,
     tokenizer,
-    probes: Sequence[Probe] | ProbeBatch,
+    probes: ProbesLike,
     params: str = "mlp_out",
     window: int = 5,
     progress: bool = True,
@@ -205,7 +215,7 @@ def parameter_restoration(
     for layer in range(num_layers):
         if not _layer_parameters(unlearned, layer, params):
             raise ValueError(f"params={params!r} matches no parameter of decoder layer {layer}")
-    with _eval_mode(original, unlearned):
+    with eval_mode(original, unlearned):
         original_logits = original(**batch.model_inputs()).logits
         unlearned_logits = unlearned(**batch.model_inputs()).logits
         rows = []

@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import losses
 from ..data import UnlearningCollator, padding_id, prepare_dataset
+from ..eval_mode import eval_mode
 from ..evaluation.generation import answer_questions
 from ..evaluation.overlap import text_overlap
 
@@ -60,12 +61,8 @@ def side_effects(
     logits = {}
     for name, model in (("original", original), ("unlearned", unlearned)):
         inputs = {k: v.to(_device(model)) for k, v in batch.items()}
-        mode = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             logits[name] = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        finally:
-            model.train(mode)
         log_probs, mask = losses.token_log_probs(logits[name], inputs["labels"])
         result[f"perplexity_{name}"] = math.exp(-losses.masked_mean(log_probs, mask).item())
     labels = batch["labels"].to(logits["unlearned"].device)

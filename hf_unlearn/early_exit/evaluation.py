@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from ..atomic_files import atomic_write_text
 from ..data import padding_id
+from ..eval_mode import eval_mode
 from .modeling_early_exit import EarlyExitForCausalLM
 
 #: the setting each strategy's values stand for in ``strategies``.
@@ -159,97 +160,98 @@ def evaluate_exits(
     if not prompts:
         raise ValueError("prompts is empty: pass at least one prompt")
     points = _points(strategies, lossless, num_draft_tokens)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    encoded = [tokenizer(p, return_tensors="pt")["input_ids"].to(device) for p in prompts]
-    # No stop token: every point generates exactly max_new_tokens, so tokens/s compare like with like.
-    pad = padding_id(tokenizer)
-    stop = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], pad_token_id=pad)
-    reference = reference_model if reference_model is not None else model.backbone
-    full_sequences = [reference.generate(ids, attention_mask=torch.ones_like(ids), **stop) for ids in encoded]
-    # Agreement is scored up to the reference's first end-of-sequence token: what follows it is not an answer (and
-    # near-uniform predictions there flip between equal-looking logits).
-    eos = model.generation_config.eos_token_id
-    eos = set([eos] if isinstance(eos, int) else (eos or [])) | {tokenizer.eos_token_id} - {None}
-    scored = [_until_eos(seq, ids.shape[1], eos) for seq, ids in zip(full_sequences, encoded)]
-    depth = model.config.num_hidden_layers
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        encoded = [tokenizer(p, return_tensors="pt")["input_ids"].to(device) for p in prompts]
+        # No stop token: every point generates exactly max_new_tokens, so tokens/s compare like with like.
+        pad = padding_id(tokenizer)
+        stop = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], pad_token_id=pad)
+        reference = reference_model if reference_model is not None else model.backbone
+        full_sequences = [reference.generate(ids, attention_mask=torch.ones_like(ids), **stop) for ids in encoded]
+        # Agreement is scored up to the reference's first end-of-sequence token: what follows it is not an answer (and
+        # near-uniform predictions there flip between equal-looking logits).
+        eos = model.generation_config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else (eos or [])) | {tokenizer.eos_token_id} - {None}
+        scored = [_until_eos(seq, ids.shape[1], eos) for seq, ids in zip(full_sequences, encoded)]
+        depth = model.config.num_hidden_layers
 
-    def run(point: dict) -> list[torch.Tensor]:
-        outputs = []
-        for ids in encoded:
-            # An explicit mask: with pad = EOS, generate() would otherwise mask the EOS tokens of a chat template.
-            mask = torch.ones_like(ids)
-            if "assistant_early_exit" in point:
-                early = point["assistant_early_exit"]
-                outputs.append(model.backbone.generate(ids, attention_mask=mask, assistant_early_exit=early, **stop))
-            elif point.get("lossless"):
-                drafts = model.generate_lossless(
-                    ids, max_new_tokens=max_new_tokens, eos_token_id=[], num_draft_tokens=num_draft_tokens,
-                    **point["settings"],
-                )
-                outputs.append(drafts.sequences)
-            elif point.get("baseline"):
-                outputs.append(reference.generate(ids, attention_mask=mask, **stop))
-            else:
-                outputs.append(model.generate(ids, attention_mask=mask, **stop, **point["settings"]))
-        return outputs
+        def run(point: dict) -> list[torch.Tensor]:
+            outputs = []
+            for ids in encoded:
+                # An explicit mask: with pad = EOS, generate() would otherwise mask the EOS tokens of a chat template.
+                mask = torch.ones_like(ids)
+                if "assistant_early_exit" in point:
+                    early = point["assistant_early_exit"]
+                    outputs.append(
+                        model.backbone.generate(ids, attention_mask=mask, assistant_early_exit=early, **stop)
+                    )
+                elif point.get("lossless"):
+                    drafts = model.generate_lossless(
+                        ids, max_new_tokens=max_new_tokens, eos_token_id=[], num_draft_tokens=num_draft_tokens,
+                        **point["settings"],
+                    )
+                    outputs.append(drafts.sequences)
+                elif point.get("baseline"):
+                    outputs.append(reference.generate(ids, attention_mask=mask, **stop))
+                else:
+                    outputs.append(model.generate(ids, attention_mask=mask, **stop, **point["settings"]))
+            return outputs
 
-    baseline = {"strategy": "none", "baseline": True, "point": "full model"}
-    timed = [baseline, *points]
-    seconds: dict[str, list[float]] = {p["point"]: [] for p in timed}
-    generations: dict[str, list[torch.Tensor]] = {}
-    mean_exits: dict[str, float] = {}
-    progress = tqdm(total=len(timed) * (rounds if measure_speed else 1), desc="Evaluating exits", disable=disable_tqdm)
-    for round_index in range(rounds if measure_speed else 1):
+        baseline = {"strategy": "none", "baseline": True, "point": "full model"}
+        timed = [baseline, *points]
+        seconds: dict[str, list[float]] = {p["point"]: [] for p in timed}
+        generations: dict[str, list[torch.Tensor]] = {}
+        mean_exits: dict[str, float] = {}
+        runs = len(timed) * (rounds if measure_speed else 1)
+        progress = tqdm(total=runs, desc="Evaluating exits", disable=disable_tqdm)
+        for round_index in range(rounds if measure_speed else 1):
+            for point in timed:
+                model.exit_stats.reset()
+                start = time.perf_counter()
+                outputs = run(point)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[point["point"]].append(time.perf_counter() - start)
+                if round_index == 0:
+                    generations[point["point"]] = outputs
+                    mean_exits[point["point"]] = model.exit_stats.mean_exit_layer
+                progress.update(1)
+        progress.close()
+
+        new_tokens = len(encoded) * max_new_tokens
+        base_time = statistics.median(seconds[baseline["point"]])
+        rows = []
+        full_agreement = None
         for point in timed:
-            model.exit_stats.reset()
-            start = time.perf_counter()
-            outputs = run(point)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds[point["point"]].append(time.perf_counter() - start)
-            if round_index == 0:
-                generations[point["point"]] = outputs
-                mean_exits[point["point"]] = model.exit_stats.mean_exit_layer
-            progress.update(1)
-    progress.close()
-
-    new_tokens = len(encoded) * max_new_tokens
-    base_time = statistics.median(seconds[baseline["point"]])
-    rows = []
-    full_agreement = None
-    for point in timed:
-        row: dict[str, Any] = {"point": point["point"], "strategy": point["strategy"]}
-        if "settings" in point:
-            row["settings"] = point["settings"]
-        if "assistant_early_exit" in point:
-            row["assistant_early_exit"] = point["assistant_early_exit"]
-        if measure_speed:
-            elapsed = statistics.median(seconds[point["point"]])
-            row["tokens_per_s"] = new_tokens / elapsed
-            row["speedup"] = base_time / elapsed
-        row["generation_agreement"] = _generation_agreement(generations[point["point"]], scored, encoded)
-        if "settings" in point and not point.get("lossless"):
-            agreement, mean_exit = _teacher_forced(model, scored, encoded, point["settings"])
-            row["agreement"], row["mean_exit_layer"] = agreement, mean_exit
-            row["layer_speedup"] = depth / mean_exit
-            if held_out_texts:
-                row["perplexity"] = _perplexity(model, tokenizer, held_out_texts, point["settings"])
-        elif point.get("baseline"):
-            row["agreement"] = 1.0
-            if held_out_texts:
-                row["perplexity"] = _perplexity(reference, tokenizer, held_out_texts, None)
-        else:
-            # Lossless and assisted decoding reproduce their own full model's tokens: their teacher-forced agreement
-            # with the reference is the full model's.
-            if full_agreement is None:
-                full_agreement = _teacher_forced(model, scored, encoded, {"exit_strategy": "none"})[0]
-            row["agreement"] = full_agreement
-            if point.get("lossless") and not math.isnan(mean_exits[point["point"]]):
-                row["mean_draft_exit_layer"] = mean_exits[point["point"]]
-        rows.append(row)
-    model.train(was_training)
+            row: dict[str, Any] = {"point": point["point"], "strategy": point["strategy"]}
+            if "settings" in point:
+                row["settings"] = point["settings"]
+            if "assistant_early_exit" in point:
+                row["assistant_early_exit"] = point["assistant_early_exit"]
+            if measure_speed:
+                elapsed = statistics.median(seconds[point["point"]])
+                row["tokens_per_s"] = new_tokens / elapsed
+                row["speedup"] = base_time / elapsed
+            row["generation_agreement"] = _generation_agreement(generations[point["point"]], scored, encoded)
+            if "settings" in point and not point.get("lossless"):
+                agreement, mean_exit = _teacher_forced(model, scored, encoded, point["settings"])
+                row["agreement"], row["mean_exit_layer"] = agreement, mean_exit
+                row["layer_speedup"] = depth / mean_exit
+                if held_out_texts:
+                    row["perplexity"] = _perplexity(model, tokenizer, held_out_texts, point["settings"])
+            elif point.get("baseline"):
+                row["agreement"] = 1.0
+                if held_out_texts:
+                    row["perplexity"] = _perplexity(reference, tokenizer, held_out_texts, None)
+            else:
+                # Lossless and assisted decoding reproduce their own full model's tokens: their teacher-forced
+                # agreement with the reference is the full model's.
+                if full_agreement is None:
+                    full_agreement = _teacher_forced(model, scored, encoded, {"exit_strategy": "none"})[0]
+                row["agreement"] = full_agreement
+                if point.get("lossless") and not math.isnan(mean_exits[point["point"]]):
+                    row["mean_draft_exit_layer"] = mean_exits[point["point"]]
+            rows.append(row)
     meta = {"layers": depth, "prompts": len(encoded), "max_new_tokens": max_new_tokens, "rounds": rounds,
             "exit_layers": list(model.config.exit_layers)}
     return ExitEvaluation(rows=rows, meta=meta)

@@ -435,6 +435,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         self_distill: bool = False,
         teacher_logits: torch.Tensor | None = None,
         exit_vocabulary: torch.LongTensor | None = None,
+        output_exit_logits: bool = True,
         exit_strategy: str | None = None,
         policy_threshold: float | None = None,
         confidence_threshold: float | None = None,
@@ -469,6 +470,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             In the all-exits pass, compute the exits' losses (and the self-distillation target) over these token ids
             only: a softmax restricted to a shortlist, about `vocab_size / len(exit_vocabulary)` times cheaper.
             Labels outside it are not scored.
+        output_exit_logits (`bool`, *optional*, defaults to `True`):
+            In the all-exits pass without labels, return every exit's logits. `False` leaves `exit_logits` empty and
+            returns the policy's probabilities and the last exit's logits: all the policy's warm start needs.
         exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer:
             Override the config's inference settings for this call (also through `generate(...)`).
         """
@@ -523,7 +527,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             teacher = "final" if self_distill else teacher_logits
             output = self._forward_all_exits(
                 hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher,
-                exit_vocabulary,
+                exit_vocabulary, output_exit_logits,
             )
         elif settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions):
             output = self._forward_with_exits(hidden, walk, settings, attention_mask)
@@ -549,7 +553,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _forward_all_exits(
         self, hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher,
-        vocabulary=None,
+        vocabulary=None, output_exit_logits=True,
     ) -> EarlyExitCausalLMOutput:
         if forced_exit_layers is not None or sample_exits:
             if vocabulary is not None:
@@ -571,9 +575,10 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         )
         exit_layers = torch.full(hidden.shape[:2], self._depth, device=hidden.device)
         if labels is None and teacher is None:
-            exit_logits = tuple(self.exit_logits(states[k], k) for k in exits)
+            exit_logits = tuple(self.exit_logits(states[k], k) for k in exits) if output_exit_logits else None
+            logits = exit_logits[-1] if output_exit_logits else self.exit_logits(states[self._depth], self._depth)
             return EarlyExitCausalLMOutput(
-                logits=exit_logits[-1], exit_logits=exit_logits, policy_probs=policy_probs, exit_layers=exit_layers
+                logits=logits, exit_logits=exit_logits, policy_probs=policy_probs, exit_layers=exit_layers
             )
         if isinstance(teacher, str):  # "final": this pass's own last exit, fixed
             with torch.no_grad():

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..eval_mode import eval_mode
 from .prompts import DEFAULT_PROMPT_TEMPLATE, render_prompts
 
 __all__ = ["answer_questions"]
@@ -51,34 +52,30 @@ def answer_questions(
     prompts = render_prompts(tokenizer, questions, prompt_template, chat, system_prompt)
 
     saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
-    # Per-module flags, not just model.training: a caller may deliberately keep some submodules in another mode.
-    saved_modes = [(module, module.training) for module in model.modules()]
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    try:
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
-            tokenizer.pad_token = tokenizer.eos_token
-        model.eval()
-        device = next(model.parameters()).device
-        is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                      pad_token_id=tokenizer.pad_token_id)
-        kwargs.update(generate_kwargs)
-        answers: list[str] = []
-        show = progress if progress is not None else len(batches) > 1
-        for batch in tqdm(batches, desc="Generating answers", disable=not show):
-            # A rendered chat template already holds the BOS token; adding special tokens again would double it.
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat,
-                            return_token_type_ids=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            output = model.generate(**enc, **kwargs)
-            new_tokens = output if is_encoder_decoder else output[:, enc["input_ids"].shape[1] :]
-            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        return answers
-    finally:
-        tokenizer.padding_side = saved_side
-        tokenizer.pad_token = saved_pad
-        for module, mode in saved_modes:
-            module.training = mode
+    with eval_mode(model):
+        try:
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                if tokenizer.eos_token is None:
+                    raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
+                tokenizer.pad_token = tokenizer.eos_token
+            device = next(model.parameters()).device
+            is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+            kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                          pad_token_id=tokenizer.pad_token_id)
+            kwargs.update(generate_kwargs)
+            answers: list[str] = []
+            show = progress if progress is not None else len(batches) > 1
+            for batch in tqdm(batches, desc="Generating answers", disable=not show):
+                # A rendered chat template already holds the BOS token: adding special tokens would double it.
+                enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat,
+                                return_token_type_ids=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                output = model.generate(**enc, **kwargs)
+                new_tokens = output if is_encoder_decoder else output[:, enc["input_ids"].shape[1] :]
+                answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            return answers
+        finally:
+            tokenizer.padding_side = saved_side
+            tokenizer.pad_token = saved_pad

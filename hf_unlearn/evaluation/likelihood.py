@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import padding_id
+from ..eval_mode import eval_mode
 from .prompts import DEFAULT_PROMPT_TEMPLATE, render_prompts
 from .results import MetricValue
 
@@ -111,12 +112,10 @@ def answer_log_probs(
     examples = _encode(tokenizer, prompts, answers, prompt_template, chat, system_prompt, max_length, add_eos)
     pad = padding_id(tokenizer)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     token_lps, matches, zscores = [], [], []
     batches = range(0, len(examples), batch_size)
     show = progress if progress is not None else len(batches) > 4
-    try:
+    with eval_mode(model):
         for start in tqdm(batches, desc="Scoring answers", disable=not show):
             chunk = examples[start : start + batch_size]
             width = max(len(ids) for ids, _ in chunk)
@@ -146,8 +145,6 @@ def answer_log_probs(
                     mean = (probs * log_probs).sum(-1)
                     variance = (probs * (log_probs - mean.unsqueeze(-1)).square()).sum(-1)
                     zscores.append(((chosen - mean) / variance.clamp(min=1e-12).sqrt()).cpu())
-    finally:
-        model.train(was_training)
     sums = torch.stack([t.sum() for t in token_lps])
     counts = torch.tensor([t.numel() for t in token_lps])
     return AnswerLogProbs(

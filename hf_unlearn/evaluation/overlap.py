@@ -9,7 +9,7 @@ the reference. hf_unlearn's validation and audit code passes the **changed** mod
 the hypothesis and the **original** model's answer as the reference. The ConceptVectors code does the opposite (the
 unlearned answer is its ``reference``, the original answer its ``candidate``), so its BLEU penalises *longer*
 unlearned answers instead of shorter ones; pass ``bleu_order="conceptvectors"`` to
-:func:`hf_unlearn.concepts.validation.validate_concept_vector` for that order.
+:func:`hf_unlearn.concepts.validation.validate_concept_vectors` for that order.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..architectures import underlying_model
 from .audit import AUDIT_FILE, UnlearningAudit, _finite, _num
 
 __all__ = ["TEMPLATES_DIR", "render_early_exit_card", "render_trainer_card", "render_unlearning_card"]
@@ -233,8 +234,8 @@ def _early_exit_config(model: Any):
 
     if isinstance(model, EarlyExitConfig):
         return model
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    if isinstance(underlying_model(model), EarlyExitForCausalLM):
+        model = underlying_model(model)
     if isinstance(model, EarlyExitForCausalLM):
         return model.config
     raise TypeError(f"expected an EarlyExitForCausalLM or its EarlyExitConfig, got {type(model).__name__}")

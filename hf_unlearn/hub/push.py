@@ -18,6 +18,7 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, HfApi
 
+from ..architectures import is_peft_model
 from ..atomic_files import atomic_write_text
 from .audit import AUDIT_FILE, UnlearningAudit
 from .cards import render_early_exit_card, render_unlearning_card
@@ -45,10 +46,6 @@ class HubPushError(RuntimeError):
         self.folder = folder
         self.repo_id = repo_id
         self.retry = retry
-
-
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
 
 
 def _sibling_dir(folder: Path, suffix: str) -> Path:
@@ -111,7 +108,7 @@ def _copy_figures(figures: Sequence[str | os.PathLike], folder: Path) -> list[st
 def _save_model(model: Any, folder: Path, save: str) -> None:
     if save not in SAVE_MODES:
         raise ValueError(f"save={save!r}: choose one of {SAVE_MODES}")
-    peft = _is_peft(model)
+    peft = is_peft_model(model)
     if save == "weights" and peft:
         raise ValueError(
             "the model is a PeftModel: save='adapter' writes the adapter alone (loads on the base model), "
@@ -184,7 +181,7 @@ def save_early_exit(
     from ..early_exit import EarlyExitForCausalLM
 
     if not isinstance(model, EarlyExitForCausalLM):
-        hint = " (merge the LoRA adapter first: model.merge_and_unload())" if _is_peft(model) else ""
+        hint = " (merge the LoRA adapter first: model.merge_and_unload())" if is_peft_model(model) else ""
         raise TypeError(f"expected an EarlyExitForCausalLM, got {type(model).__name__}{hint}")
 
     def write(tmp: Path) -> None:

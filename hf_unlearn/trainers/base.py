@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import set_seed
 
-from ..architectures import unwrap_model
+from ..architectures import is_peft_model, underlying_model
 from ..data import UnlearningCollator, ensure_pad_token
 from .checkpoints import resolve_resume_checkpoint
 
@@ -120,7 +120,7 @@ class BaseTrainer(Trainer):
 
         if peft_config is not None:
             model = self._apply_peft(model, peft_config, args)
-        self._is_peft = hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+        self._is_peft = is_peft_model(model)
         self._configure_model(model, args)
         if args.disable_dropout:
             disable_dropout(model)
@@ -176,7 +176,7 @@ class BaseTrainer(Trainer):
     def _apply_peft(model, peft_config, args):
         from peft import get_peft_model
 
-        if hasattr(model, "get_base_model"):
+        if is_peft_model(model):
             raise ValueError("the model is already a PeftModel; pass peft_config=None to train its adapter")
         model = get_peft_model(model, peft_config)
         if args.gradient_checkpointing:
@@ -307,7 +307,7 @@ class BaseTrainer(Trainer):
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         if not hasattr(self, "_num_non_embedding_params"):
-            self._num_non_embedding_params = unwrap_model(self.model).num_parameters(exclude_embeddings=True)
+            self._num_non_embedding_params = underlying_model(self.model).num_parameters(exclude_embeddings=True)
         tokens = sum(v.numel() for k, v in _flatten(inputs) if k.endswith("input_ids"))
         return 6 * self._num_non_embedding_params * tokens
 

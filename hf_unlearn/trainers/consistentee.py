@@ -8,6 +8,10 @@ right). The stages, each runnable alone (``trainer.train(stage="policy")``) and 
 1. ``"heads"``: the exit heads, as [`EarlyExitTrainer`] does (layer-weighted cross-entropy);
 2. ``"memorize"``: every training token's memorized layer, computed once with the stage-1 model and kept as a
    dataset column (``memorized_layers``, aligned with ``labels``; see :func:`add_memorized_layers`);
+   ``"policy_warmup"`` (not in the paper, on by default): the policy learns, by binary cross-entropy, the chance that
+   a token is memorized by each exit (see :func:`hf_unlearn.losses.policy_warmup_loss`). Started from scratch,
+   REINFORCE settles at small exit probabilities spread over the exits, which an inference threshold of 0.5 never
+   passes: on SmolLM2-135M both trained policies never exited. The warm start gives the threshold its meaning;
 3. ``"policy"``: REINFORCE with ``K`` rollouts of each batch and the mean reward of the rollouts as baseline; exit
    actions are *sampled* from the policy (optional ε exploration); reward
    ``R = -CE_e - c · (1 - m/L) · e``, for the token that position ``t`` predicts (label ``t + 1``);
@@ -31,10 +35,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import losses
+from ..architectures import underlying_model
 from ..data import UnlearningCollator
+from ..eval_mode import eval_mode
 from .early_exit import EarlyExitTrainer, EarlyExitTrainingConfig, exit_histogram
 
-STAGES = ("heads", "memorize", "policy", "joint")
+STAGES = ("heads", "memorize", "policy_warmup", "policy", "joint")
 MEMORIZED_COLUMN = "memorized_layers"
 TARGET_COLUMN = "exit_labels"
 
@@ -46,8 +52,12 @@ class ConsistentEEConfig(EarlyExitTrainingConfig):
     `num_train_epochs`; the policy and joint stages have their own learning rate and step count.
 
     Parameters:
-        stages (`list[str]`, *optional*, defaults to `["heads", "memorize", "policy"]`):
-            Stages run by `train()`, in order: `"heads"`, `"memorize"`, `"policy"`, `"joint"`.
+        stages (`list[str]`, *optional*, defaults to `["heads", "memorize", "policy_warmup", "policy"]`):
+            Stages run by `train()`, in order: `"heads"`, `"memorize"`, `"policy_warmup"`, `"policy"`, `"joint"`.
+        policy_warmup_learning_rate (`float`, *optional*, defaults to `1e-3`):
+            Learning rate of the policy's supervised warm start (the policy head is small and starts from scratch).
+        policy_warmup_max_steps (`int`, *optional*, defaults to `-1`):
+            Steps of the warm start (-1: `num_train_epochs` epochs).
         policy_learning_rate (`float`, *optional*, defaults to `3e-4`):
             Learning rate of the policy stage (ConsistentEE's value for BERT and Llama).
         policy_max_steps (`int`, *optional*, defaults to `-1`):
@@ -86,8 +96,14 @@ class ConsistentEEConfig(EarlyExitTrainingConfig):
     """
 
     stages: list[str] = field(
-        default_factory=lambda: ["heads", "memorize", "policy"],
-        metadata={"help": "Stages run by train(), in order: heads, memorize, policy, joint."},
+        default_factory=lambda: ["heads", "memorize", "policy_warmup", "policy"],
+        metadata={"help": "Stages run by train(), in order: heads, memorize, policy_warmup, policy, joint."},
+    )
+    policy_warmup_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the policy's warm start."}
+    )
+    policy_warmup_max_steps: int = field(
+        default=-1, metadata={"help": "Steps of the policy's warm start (-1: epochs)."}
     )
     policy_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the policy stage."})
     policy_max_steps: int = field(default=-1, metadata={"help": "Steps of the policy stage (-1: epochs)."})
@@ -170,20 +186,22 @@ class ConsistentEETrainer(EarlyExitTrainer):
 
     def _train_stage(self, name: str, resume, trial, ignore_keys_for_eval, **kwargs):
         args = self.args
-        if name in ("policy", "joint") and MEMORIZED_COLUMN not in self.train_dataset.column_names:
+        if name in ("policy_warmup", "policy", "joint") and MEMORIZED_COLUMN not in self.train_dataset.column_names:
             raise ValueError(
                 f"the {name!r} stage needs the memorized layers of the training tokens: run the 'memorize' stage "
                 "first (trainer.train(stage='memorize')), or include it in ConsistentEEConfig.stages"
             )
         learning_rate, max_steps = {
             "heads": (args.learning_rate, args.max_steps),
+            "policy_warmup": (args.policy_warmup_learning_rate, args.policy_warmup_max_steps),
             "policy": (args.policy_learning_rate, args.policy_max_steps),
             "joint": (args.joint_learning_rate, args.joint_max_steps),
         }[name]
         saved = (args.learning_rate, args.max_steps, args.output_dir)
         self._stage = name
-        backbone = args.train_backbone and name != "policy"
-        self._set_trainable(self.model, heads=name != "policy", policy=name != "heads", backbone=backbone)
+        policy_only = name in ("policy_warmup", "policy")
+        self._set_trainable(self.model, heads=not policy_only, policy=name != "heads",
+                            backbone=args.train_backbone and not policy_only)
         # A fresh optimizer and schedule over this stage's parameters; the model is re-wrapped on the next prepare.
         self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model
@@ -195,7 +213,7 @@ class ConsistentEETrainer(EarlyExitTrainer):
             )
         finally:
             args.learning_rate, args.max_steps, args.output_dir = saved
-        if name in ("policy", "joint"):
+        if name in ("policy_warmup", "policy", "joint"):
             self.early_exit_model(self.model).config.policy_trained = True
         return result
 
@@ -210,6 +228,8 @@ class ConsistentEETrainer(EarlyExitTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._stage == "heads":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self._stage == "policy_warmup":
+            return self._warmup_loss(model, inputs, return_outputs, num_items_in_batch)
         args = self.args
         mode = "train" if model.training else "eval"
         early_exit = self.early_exit_model(model)
@@ -266,6 +286,28 @@ class ConsistentEETrainer(EarlyExitTrainer):
         self._record(mode, metrics)
         return (loss, outputs) if return_outputs else loss
 
+    def _warmup_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        mode = "train" if model.training else "eval"
+        exit_layers = self.early_exit_model(model).config.exit_layers
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        output_all_exits=True, output_exit_logits=False, use_cache=False)
+        # Position t decides the exit that predicts label t + 1.
+        probs = outputs.policy_probs[:, :, :-1]
+        memorized = inputs[MEMORIZED_COLUMN][:, 1:]
+        deciding = self.scored_positions(inputs["labels"])
+        normaliser = self._normaliser(inputs["labels"], num_items_in_batch)
+        loss = losses.policy_warmup_loss(probs, exit_layers, memorized, deciding, normaliser)
+        if mode == "train":
+            self._check_finite(loss, {"warmup_loss": loss})
+        layers = torch.tensor(exit_layers, device=probs.device).view(-1, 1, 1)
+        predicted, target = probs > 0.5, layers >= memorized.unsqueeze(0)
+        count = deciding.sum().clamp(min=1)
+        self._record(mode, {
+            "warmup_loss": loss,
+            "policy_accuracy": ((predicted == target) & deciding).sum() / (count * len(exit_layers)),
+        })
+        return (loss, outputs) if return_outputs else loss
+
 
 @torch.no_grad()
 def add_memorized_layers(
@@ -288,23 +330,19 @@ def add_memorized_layers(
     """
     from ..early_exit import EarlyExitForCausalLM
 
-    inner = model
-    while not isinstance(inner, EarlyExitForCausalLM):
-        inner = inner.get_base_model() if hasattr(inner, "get_base_model") else getattr(inner, "module", None)
-        if inner is None:
-            raise ValueError("add_memorized_layers needs an EarlyExitForCausalLM (possibly PEFT-wrapped)")
+    inner = underlying_model(model)
+    if not isinstance(inner, EarlyExitForCausalLM):
+        raise ValueError("add_memorized_layers needs an EarlyExitForCausalLM (possibly PEFT-wrapped)")
     missing = {"input_ids", "attention_mask", "labels"} - set(dataset.column_names)
     if missing:
         raise ValueError(f"the dataset must be tokenised; missing columns {sorted(missing)}")
     exits = inner.config.all_exits
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     columns = ["input_ids", "attention_mask", "labels"]
     loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size, shuffle=False,
                         collate_fn=UnlearningCollator(pad_token_id))
     memorized_rows, target_rows = [], []
-    try:
+    with eval_mode(model):
         for batch in tqdm(loader, desc="Memorized layers", disable=disable_tqdm):
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch["labels"]
@@ -324,8 +362,6 @@ def add_memorized_layers(
                 n = int(lengths[row])
                 memorized_rows.append([0, *memorized[row, : n - 1].tolist()])
                 target_rows.append(targets[row, :n].tolist())
-    finally:
-        model.train(was_training)
     for name in (MEMORIZED_COLUMN, TARGET_COLUMN):
         if name in dataset.column_names:
             dataset = dataset.remove_columns(name)

@@ -71,7 +71,7 @@ class IdkDPOTrainer(UnlearningTrainer):
     config_class = IdkDPOConfig
     method_name = "idk_dpo"
     forget_normalization = "sequences"
-    needs_reference = True
+    forget_uses_reference = True
     preference = True
     ref_log_prob_columns = ("ref_chosen_logps", "ref_rejected_logps")
     _tag_names = ["hf_unlearn", "unlearning", "idk-dpo"]

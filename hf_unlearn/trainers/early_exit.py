@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import losses
+from ..architectures import is_peft_model, underlying_model
 from ..data import UnlearningCollator, prepare_dataset
 from ..early_exit import EarlyExitForCausalLM
 from .base import BaseConfig, BaseTrainer
@@ -101,7 +102,7 @@ class EarlyExitTrainer(BaseTrainer):
 
     def _load_model(self, model, args) -> nn.Module:
         model = super()._load_model(model, args)
-        if isinstance(model, EarlyExitForCausalLM) or hasattr(model, "get_base_model"):
+        if isinstance(model, EarlyExitForCausalLM) or is_peft_model(model):
             return model
         return EarlyExitForCausalLM.from_backbone(model, **{"exit_head": "adapter", **(args.early_exit_kwargs or {})})
 
@@ -144,13 +145,7 @@ class EarlyExitTrainer(BaseTrainer):
     @staticmethod
     def early_exit_model(model: nn.Module) -> EarlyExitForCausalLM:
         """The [`EarlyExitForCausalLM`] inside DDP/FSDP and PEFT wrappers."""
-        while True:
-            if hasattr(model, "get_base_model"):
-                model = model.get_base_model()
-            elif isinstance(getattr(model, "module", None), nn.Module):
-                model = model.module
-            else:
-                return model
+        return underlying_model(model)
 
     def _prepare_datasets(self, train_dataset, eval_dataset, processing_class, args):
         if train_dataset is None:

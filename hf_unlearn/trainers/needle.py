@@ -12,7 +12,7 @@ A concept vector ``(L, j)`` is value vector ``j`` of layer ``L``'s MLP output pr
   back, so checkpoints are plain models, resume is exact, and weight decay acts on the whole vector (as AdamW on
   ``W_down`` did in the reference) while every other weight stays bit-identical. DeepSpeed and FSDP are refused.
 * Ablation happens once, in place, when the trainer is built (after a reference copy): ``"noise"`` (seeded, the
-  same draw as :func:`~hf_unlearn.concepts.ablate_concept_vector`), ``"zero"``, ``"mean"`` or ``"none"``.
+  same draw as :func:`~hf_unlearn.concepts.ablate_concept_vectors`), ``"zero"``, ``"mean"`` or ``"none"``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..architectures import decoder_layers, mlp_out_module, unwrap_model, value_vectors_view
-from ..concepts.ablation import ablate_concept_vector
+from ..architectures import decoder_layers, is_peft_model, mlp_out_module, underlying_model, value_vectors_view
+from ..concepts.ablation import ablate_concept_vectors
 from ..concepts.records import ConceptVector
 from .unlearning import UnlearningConfig, UnlearningTrainer
 
@@ -279,12 +279,12 @@ class NeedleTrainer(UnlearningTrainer):
         return list(self._locations)
 
     def _configure_model(self, model: nn.Module, args: NeedleConfig) -> None:
-        if hasattr(model, "disable_adapter") or hasattr(model, "get_base_model"):
+        if is_peft_model(model):
             raise ValueError("Needle trains the concept-vector columns of the weights directly: pass a plain model")
         if args.deepspeed or args.fsdp:
             raise ValueError("Needle trains a few vectors: run it without DeepSpeed or FSDP (DDP works)")
         locations = self._resolve_locations(args)
-        base = unwrap_model(model)
+        base = underlying_model(model)
         num_layers = len(decoder_layers(base))
         for layer, dim in locations:
             if not layer < num_layers:
@@ -320,7 +320,7 @@ class NeedleTrainer(UnlearningTrainer):
         return from_kwarg if from_kwarg is not None else from_args
 
     def _ablate(self) -> None:
-        model = unwrap_model(self.model)
+        model = underlying_model(self.model)
         args = self.args
         if args.ablation != "none":
             done = getattr(model, "_hf_unlearn_needle_ablated", set())
@@ -332,7 +332,7 @@ class NeedleTrainer(UnlearningTrainer):
                     "pass ablation='none'."
                 )
             model._hf_unlearn_needle_ablated = done | set(self._locations)
-            with ablate_concept_vector(
+            with ablate_concept_vectors(
                 model, self._locations, args.ablation, args.ablation_sigma, args.resolved_ablation_seed
             ):
                 ablated = [column.clone() for column in self._columns()]
@@ -344,7 +344,7 @@ class NeedleTrainer(UnlearningTrainer):
 
     def _columns(self) -> list[torch.Tensor]:
         """Views of the concept vectors inside the model's weights (column or, for Conv1D, row)."""
-        model = unwrap_model(self.model)
+        model = underlying_model(self.model)
         return [value_vectors_view(model, layer)[:, dim] for layer, dim in self._locations]
 
     # ------------------------------------------------------------------ training
@@ -359,7 +359,7 @@ class NeedleTrainer(UnlearningTrainer):
             self._detach()
 
     def _attach(self) -> None:
-        model = unwrap_model(self.model)
+        model = underlying_model(self.model)
         model.requires_grad_(False)
         columns = self._columns()
         if self._container is None:
@@ -395,7 +395,7 @@ class NeedleTrainer(UnlearningTrainer):
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = []
-        model = unwrap_model(self.model)
+        model = underlying_model(self.model)
         if NEEDLE_MODULE in model._modules:
             delattr(model, NEEDLE_MODULE)
         if self._input_grads_enabled:
@@ -416,7 +416,7 @@ class NeedleTrainer(UnlearningTrainer):
                 "NeedleTrainer: the optimizer must hold exactly the concept vectors; another parameter requires grad "
                 "or the optimizer was built elsewhere"
             )
-        model = unwrap_model(self.model)
+        model = underlying_model(self.model)
         if self.args.gradient_checkpointing and not getattr(model, "_require_grads_hooks", None):
             # Reentrant checkpointing only back-propagates through a layer whose inputs require grad. transformers
             # already does this when it enables checkpointing for a model fed `input_ids` (just before this call).

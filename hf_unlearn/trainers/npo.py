@@ -38,7 +38,7 @@ class NPOTrainer(UnlearningTrainer):
     config_class = NPOConfig
     method_name = "npo"
     forget_normalization = "sequences"
-    needs_reference = True
+    forget_uses_reference = True
     ref_log_prob_columns = ("ref_logps",)
     _tag_names = ["hf_unlearn", "unlearning", "npo"]
 

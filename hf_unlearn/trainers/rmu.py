@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -11,7 +9,8 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..architectures import decoder_layers, mlp_out_module, unwrap_model
+from ..activations import StopForward, record_activations
+from ..architectures import decoder_layers, is_peft_model, mlp_out_module, underlying_model
 from .unlearning import UnlearningConfig, UnlearningTrainer
 
 
@@ -80,10 +79,6 @@ class RMUConfig(UnlearningConfig):
         return [layer for layer in range(self.rmu_layer - 2, self.rmu_layer + 1) if layer >= 0]
 
 
-class _LayerReached(Exception):
-    """Raised by the capture hook to end a forward pass early."""
-
-
 class RMUTrainer(UnlearningTrainer):
     """RMU: scramble the forget set's representation at one layer, keep the retain set's.
 
@@ -102,7 +97,7 @@ class RMUTrainer(UnlearningTrainer):
         return args.retain_loss in ("kl", "embed_diff")
 
     def _configure_model(self, model: nn.Module, args: RMUConfig) -> None:
-        if hasattr(model, "disable_adapter"):
+        if is_peft_model(model):
             raise ValueError("RMU trains the MLP output projections directly: pass peft_config=None")
         num_layers = len(decoder_layers(model))
         layers = args.resolved_trainable_layers()
@@ -120,21 +115,6 @@ class RMUTrainer(UnlearningTrainer):
         direction = torch.rand(hidden_size, generator=generator)
         self.control_vector = direction / direction.norm()
 
-    @contextmanager
-    def _capture(self, model: nn.Module, stop: bool) -> Iterator[dict]:
-        store: dict = {}
-
-        def hook(_module, _args, output):
-            store["hidden"] = output[0] if isinstance(output, tuple) else output
-            if stop:
-                raise _LayerReached
-
-        handle = decoder_layers(model)[self.args.rmu_layer].register_forward_hook(hook)
-        try:
-            yield store
-        finally:
-            handle.remove()
-
     def layer_activations(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Output of decoder layer ``rmu_layer`` on ``batch``.
 
@@ -142,13 +122,13 @@ class RMUTrainer(UnlearningTrainer):
         forward once the activation is captured; its autograd graph is intact). DDP / DeepSpeed wrappers expect a
         complete forward, so wrapped models run to the end.
         """
-        stop = unwrap_model(model) is model
-        with self._capture(model, stop) as store:
+        layer, stop = self.args.rmu_layer, underlying_model(model) is model
+        with record_activations(model, "residual", [layer], detach=False, stop=stop) as acts:
             try:
                 self.forward_logits(model, batch)
-            except _LayerReached:
+            except StopForward:
                 pass
-        return store["hidden"]
+        return acts[layer]
 
     def compute_forget_loss(self, model, inputs):
         hidden = self.layer_activations(model, inputs)

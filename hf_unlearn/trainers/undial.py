@@ -41,7 +41,7 @@ class UNDIALTrainer(UnlearningTrainer):
     config_class = UNDIALConfig
     method_name = "undial"
     forget_normalization = "tokens"
-    needs_reference = True
+    forget_uses_reference = True
     _tag_names = ["hf_unlearn", "unlearning", "undial"]
 
     def compute_forget_loss(self, model, inputs):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainingArguments
 
 from .. import losses
-from ..architectures import unwrap_model
+from ..architectures import is_peft_model, underlying_model
 from ..data import INDEX_COLUMN, prepare_dataset, retain_indices
 from .base import BaseConfig, BaseTrainer, disable_dropout
 
@@ -117,7 +117,7 @@ class UnlearningTrainer(BaseTrainer):
     #: "tokens" if the forget term is a mean over scored tokens, "sequences" if over sequences (or pairs).
     forget_normalization: ClassVar[str] = "tokens"
     #: whether the forget term itself needs a reference model.
-    needs_reference: ClassVar[bool] = False
+    forget_uses_reference: ClassVar[bool] = False
     #: columns of reference sequence log-probs that ``precompute_ref_log_probs`` can fill (empty: unsupported).
     ref_log_prob_columns: ClassVar[tuple[str, ...]] = ()
     #: whether the forget set is in the preference format (prompt / chosen / rejected).
@@ -155,7 +155,7 @@ class UnlearningTrainer(BaseTrainer):
         )
         self._pairing_collator = self.data_collator
         args = self.args
-        needs_ref = self.uses_reference(args)
+        uses_reference = self.uses_reference(args)
         if args.precompute_ref_log_probs:
             if not self.ref_log_prob_columns:
                 raise ValueError(
@@ -167,7 +167,7 @@ class UnlearningTrainer(BaseTrainer):
                     "precompute_ref_log_probs cannot cover retain_loss='kl', which needs the reference's full "
                     "distribution at every step; use retain_loss='nll' or precompute_ref_log_probs=False"
                 )
-        if not needs_ref:
+        if not uses_reference:
             if ref_model is not None:
                 warnings.warn(f"{self.method_name} with these settings uses no reference model; ref_model is ignored")
             ref_model = None
@@ -179,7 +179,7 @@ class UnlearningTrainer(BaseTrainer):
             ref_model.eval()
             if args.disable_dropout:
                 disable_dropout(ref_model)
-        self._needs_ref = needs_ref
+        self._uses_reference = uses_reference
         self._ref_precomputed = False
         self.ref_model = self._prepare_ref_model(ref_model) if ref_model is not None else None
 
@@ -214,12 +214,12 @@ class UnlearningTrainer(BaseTrainer):
             from trl.trainer.utils import create_model_from_path
 
             return create_model_from_path(model_id, **(args.model_init_kwargs or {}))
-        return copy.deepcopy(unwrap_model(model))
+        return copy.deepcopy(underlying_model(model))
 
     @classmethod
     def uses_reference(cls, args: UnlearningConfig) -> bool:
         """Whether the method with these settings needs a reference model."""
-        return cls.needs_reference or args.retain_loss == "kl"
+        return cls.forget_uses_reference or args.retain_loss == "kl"
 
     def _prepare_retain(self, retain_dataset, processing_class, args) -> Dataset | None:
         if args.retain_loss == "none":
@@ -263,7 +263,7 @@ class UnlearningTrainer(BaseTrainer):
         if self.ref_model is not None:
             with torch.no_grad():
                 yield self.ref_model
-        elif self._is_peft and self._needs_ref and not self._ref_precomputed:
+        elif self._is_peft and self._uses_reference and not self._ref_precomputed:
             with torch.no_grad(), unwrap_model_with_adapter(self.model).disable_adapter():
                 yield self.model
         else:
@@ -447,6 +447,6 @@ class UnlearningTrainer(BaseTrainer):
 
 def unwrap_model_with_adapter(model: nn.Module) -> nn.Module:
     """Strip DDP/FSDP wrappers but keep the PEFT model (which owns ``disable_adapter``)."""
-    while isinstance(getattr(model, "module", None), nn.Module) and not hasattr(model, "disable_adapter"):
+    while isinstance(getattr(model, "module", None), nn.Module) and not is_peft_model(model):
         model = model.module
     return model

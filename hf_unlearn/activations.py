@@ -1,4 +1,5 @@
-"""Record and overwrite per-layer activations at three sites, with hooks that are always removed.
+"""Record and overwrite per-layer activations at three sites, with hooks that are always removed: the one place
+that captures what a layer computes (the dissection experiments, RMU's steering target).
 
 Sites (resolved through the architecture adapters):
 
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..architectures import attn_out_module, decoder_layers, mlp_out_module
+from .architectures import attn_out_module, decoder_layers, mlp_out_module
 
 SITES = ("mlp", "attn", "residual")
 
@@ -53,27 +54,44 @@ def _select(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tenso
     return tensor if positions is None else tensor[positions]
 
 
+class StopForward(Exception):
+    """Raised by :func:`record_activations` with ``stop=True`` once the deepest recorded layer has run."""
+
+
 @contextmanager
 def record_activations(
-    model: nn.Module, site: str, layers: Iterable[int], positions: torch.Tensor | None = None, to_cpu: bool = False
+    model: nn.Module,
+    site: str,
+    layers: Iterable[int],
+    positions: torch.Tensor | None = None,
+    to_cpu: bool = False,
+    detach: bool = True,
+    stop: bool = False,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Record ``site`` at ``layers`` during the forward passes run inside the block.
 
     ``positions`` (a ``(B, T)`` bool mask) keeps only those positions (flattened to ``(N, d)``); ``None`` keeps all.
-    Values are detached. Hooks are removed on exit, also on an exception.
+    Values are detached unless ``detach=False`` (a loss on them then trains what produced them). ``stop=True``
+    raises :class:`StopForward` once the deepest layer is recorded, so the layers above it and the LM head are
+    skipped: catch it around the forward (only on an unwrapped model: DDP / DeepSpeed expect a complete forward).
+    Hooks are removed on exit, also on an exception.
 
     Example:
         >>> with record_activations(model, "mlp", layers=range(4)) as acts:
         ...     model(**batch)
     """
     _check_site(site)
+    layers = list(layers)
     store: dict[int, torch.Tensor] = {}
     handles = []
+    last = max(layers, default=None)
 
     def hooks(layer: int):
         def keep(value: torch.Tensor) -> None:
-            value = _select(value.detach(), positions)
+            value = _select(value.detach() if detach else value, positions)
             store[layer] = value.cpu() if to_cpu else value
+            if stop and layer == last:
+                raise StopForward
 
         return (lambda _module, args: keep(args[0])), (lambda _module, _args, output: keep(_first(output)))
 
