@@ -39,6 +39,7 @@ from hf_unlearn.atomic_files import atomic_write, atomic_write_text
 from hf_unlearn.concept_data import BACKGROUND, BACKGROUND_TEXT, CONCEPTS, UNRELATED
 from hf_unlearn.concepts import ablate_concept_vectors
 from hf_unlearn.concepts.locate import score_value_vectors
+from hf_unlearn.concepts.set_size import MAX_SIDE_DROP, MIN_DROP, TARGET_RATIO, SetSizeTrial, pick_set_size
 from hf_unlearn.evaluation import answer_log_probs
 from hf_unlearn.smollm2 import load_smollm2
 
@@ -57,12 +58,9 @@ VARIANTS = {
     "attribution (QA+text)": "attribution",
     "vocab+attribution (QA+text)": None,  # the reciprocal rank fusion of all
 }
-TARGET_RATIO = 5.0
-MIN_DROP = 0.1  # nats per token: below this a "5x" ratio is noise
-# Side-effect budget for the in-sample choice of n. Added after the first full run, where "largest n with an
-# in-sample ratio >= 5" always took n = 80 and Paris then lost 0.33 nats/token on the unrelated questions although
-# the background (in-sample) lost only 0.07: eight background questions do not represent everything else.
-MAX_SIDE_DROP = 0.05
+# The target and the in-sample rule for n are the library's (hf_unlearn.concepts.set_size): TARGET_RATIO, MIN_DROP
+# and MAX_SIDE_DROP (added after the first full run, where "largest n with an in-sample ratio >= 5" always took
+# n = 80 and Paris then lost 0.33 nats/token on the unrelated questions although the background lost only 0.07).
 
 
 def pair_log_probs(model, tokenizer, pairs: list[tuple[str, str]]) -> torch.Tensor:
@@ -85,16 +83,14 @@ def measure(model, tokenizer, groups: dict[str, list[tuple[str, str]]]) -> dict[
 
 def ratio(drop: float, side_drop: float) -> float:
     """drop / side drop, with side drops below 0.01 (or negative: the side set got better) counted as 0.01."""
-    return drop / max(side_drop, 0.01)
+    return SetSizeTrial(0, drop, side_drop).ratio
 
 
 def choose_size(rows: list[dict]) -> dict:
-    """In-sample choice (locating half and background, both seen by the locator; never the held-out sets): the largest
-    set whose background drop stays within MAX_SIDE_DROP and whose locating-half drop is >= MIN_DROP and >= 5x the
-    background drop; else the best in-sample ratio."""
-    good = [r for r in rows if r["drop"]["locate"] >= MIN_DROP and r["in_sample_ratio"] >= TARGET_RATIO
-            and r["drop"]["background"] <= MAX_SIDE_DROP]
-    return max(good, key=lambda r: r["n"]) if good else max(rows, key=lambda r: r["in_sample_ratio"])
+    """The library's in-sample choice (locating half and background, both seen by the locator; never the held-out
+    sets): :func:`hf_unlearn.concepts.set_size.pick_set_size`."""
+    chosen = pick_set_size([SetSizeTrial(r["n"], r["drop"]["locate"], r["drop"]["background"]) for r in rows])
+    return next(r for r in rows if r["n"] == chosen.n)
 
 
 def plot(summary: list[dict], path: Path) -> None:

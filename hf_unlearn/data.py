@@ -143,7 +143,10 @@ def _truncate(ids: list[int], labels: list[int], max_length: int | None) -> tupl
     return ids[:max_length], labels[:max_length], True
 
 
-def _encode(prompt_ids: list[int], completion_ids: list[int], max_length: int | None, prefix: str = ""):
+def _encode(prompt_ids: list[int], completion_ids: list[int], max_length: int | None, prefix: str = "",
+            eos_id: int | None = None):
+    if eos_id is not None and completion_ids and completion_ids[-1] != eos_id:
+        completion_ids = [*completion_ids, eos_id]
     ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     ids, labels, truncated = _truncate(ids, labels, max_length)
@@ -214,35 +217,60 @@ def has_content(example: dict, fmt: str) -> bool:
     return bool(content(example["chosen"]).strip()) and bool(content(example["rejected"]).strip())
 
 
-def tokenize_example(example: dict, tokenizer, fmt: str, max_length: int | None) -> tuple[dict, bool]:
-    """Tokenise one example; returns the new columns and whether anything was truncated."""
+def eos_to_append(tokenizer, fmt: str, append_eos: bool | None, conversational: bool = False) -> int | None:
+    """The EOS id to append to each completion of ``fmt`` data, or ``None``. ``append_eos=None``: on for plain-string
+    prompt-completion and preference data (as open-unlearning), off for text and conversations (``conversational``:
+    the completions are chat messages, whose template closes the turn itself)."""
+    if append_eos is None:
+        append_eos = fmt in (PROMPT_COMPLETION, PREFERENCE) and not conversational
+        if tokenizer.eos_token_id is None:
+            return None
+    if append_eos and tokenizer.eos_token_id is None:
+        raise ValueError("append_eos=True but the tokenizer has no eos_token: set tokenizer.eos_token or append_eos")
+    return tokenizer.eos_token_id if append_eos else None
+
+
+def tokenize_example(
+    example: dict, tokenizer, fmt: str, max_length: int | None, eos_id: int | None = None
+) -> tuple[dict, bool]:
+    """Tokenise one example (``eos_id``: appended to each completion); returns the new columns and whether anything
+    was truncated."""
     if fmt == LANGUAGE_MODELING:
         ids = tokenizer(example["text"])["input_ids"]
-        return _encode([], list(ids), max_length)
+        return _encode([], list(ids), max_length, eos_id=eos_id)
     if fmt == CONVERSATIONAL:
         messages = example["messages"]
         if not _is_conversation(messages) or messages[-1].get("role") != "assistant":
             raise ValueError(
                 "each 'messages' conversation must be a list of {'role','content'} ending with an assistant turn"
             )
-        return _encode(*tokenize_pair(tokenizer, messages[:-1], messages[-1:]), max_length)
+        return _encode(*tokenize_pair(tokenizer, messages[:-1], messages[-1:]), max_length, eos_id=eos_id)
     if fmt == PROMPT_COMPLETION:
-        return _encode(*tokenize_pair(tokenizer, example["prompt"], example["completion"]), max_length)
+        return _encode(*tokenize_pair(tokenizer, example["prompt"], example["completion"]), max_length, eos_id=eos_id)
     if fmt == PREFERENCE:
-        chosen, t1 = _encode(*tokenize_pair(tokenizer, example["prompt"], example["chosen"]), max_length, "chosen_")
+        chosen, t1 = _encode(
+            *tokenize_pair(tokenizer, example["prompt"], example["chosen"]), max_length, "chosen_", eos_id
+        )
         rejected, t2 = _encode(
-            *tokenize_pair(tokenizer, example["prompt"], example["rejected"]), max_length, "rejected_"
+            *tokenize_pair(tokenizer, example["prompt"], example["rejected"]), max_length, "rejected_", eos_id
         )
         return {**chosen, **rejected}, t1 or t2
     raise ValueError(f"unknown dataset format {fmt!r}")
 
 
 def prepare_dataset(
-    data: Any, tokenizer, name: str, max_length: int | None, preference: bool = False, num_proc: int | None = None
+    data: Any,
+    tokenizer,
+    name: str,
+    max_length: int | None,
+    preference: bool = False,
+    num_proc: int | None = None,
+    append_eos: bool | None = None,
 ) -> Dataset:
     """Validate and tokenise ``data``; adds ``example_index`` (the row number, used for retain pairing).
 
-    Sequences longer than ``max_length`` are truncated, with one warning that says how many.
+    Sequences longer than ``max_length`` are truncated, with one warning that says how many. ``append_eos``: see
+    :func:`eos_to_append` (``None``: EOS after each prompt-completion / preference completion, scored).
     Idempotent: an already tokenised dataset (with ``input_ids`` or ``chosen_input_ids``) is returned as is.
     """
     dataset = to_dataset(data, name)
@@ -262,8 +290,11 @@ def prepare_dataset(
         )
         dataset = dataset.select(keep)
 
+    conversational = fmt in (PROMPT_COMPLETION, PREFERENCE) and _is_conversation(dataset[0]["prompt"])
+    eos_id = eos_to_append(tokenizer, fmt, append_eos, conversational)
+
     def _map(example, index):
-        out, truncated = tokenize_example(example, tokenizer, fmt, max_length)
+        out, truncated = tokenize_example(example, tokenizer, fmt, max_length, eos_id)
         return {**out, INDEX_COLUMN: index, "_truncated": truncated}
 
     kwargs = {"num_proc": num_proc, "desc": f"Tokenizing {name}"} if num_proc else {"desc": f"Tokenizing {name}"}

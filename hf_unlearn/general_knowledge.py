@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable
 
@@ -127,3 +128,18 @@ def general_knowledge(exclude: str | Iterable[str] | None = None) -> list[tuple[
         return list(GENERAL_KNOWLEDGE)
     words = concept_words(exclude) if isinstance(exclude, str) else {w.lower() for w in exclude}
     return [(q, a) for q, a in GENERAL_KNOWLEDGE if not mentions(f"{q} {a}", words)]
+
+
+def held_out_questions(concept: str, seen: Iterable[str] = (), n: int = 30, seed: int = 0) -> list[str]:
+    """Up to ``n`` questions of the pool that neither mention ``concept`` nor are in ``seen`` (e.g. the background
+    questions a locator contrasted against), drawn with ``seed``: side effects are measured on questions nothing was
+    tuned to spare.
+
+    Example:
+        >>> unrelated = held_out_questions("Harry Potter", seen=background_questions)
+        >>> len(unrelated) <= 30
+    """
+    seen = {q.strip().lower() for q in seen}
+    pool = [q for q, _ in general_knowledge(exclude=concept) if q.strip().lower() not in seen]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]

@@ -238,6 +238,8 @@ def unlearn_concept(
             # Pinned memory only helps a GPU; on a CPU transformers warns about it on every run.
             dataloader_pin_memory=torch.cuda.is_available(),
             disable_tqdm=not progress,
+            # The answers are greedy continuations cut at max_new_tokens: an EOS after them would be a made-up end.
+            append_eos=False,
         )
         config = spec.make_config(**{**defaults, **overrides})
         stages.set_postfix_str("training")

@@ -21,12 +21,30 @@ def test_language_modeling_scores_every_token(tokenizer):
     assert row["example_index"] == 0
 
 
-def test_prompt_completion_scores_only_the_completion(tokenizer):
-    ds = prepare_dataset([{"prompt": "who is a wizard ?", "completion": " harry potter"}], tokenizer, "f", 32)
-    row = ds[0]
+def test_prompt_completion_scores_only_the_completion_and_its_eos(tokenizer):
+    pair = {"prompt": "who is a wizard ?", "completion": " harry potter"}
+    row = prepare_dataset([pair], tokenizer, "f", 32)[0]
     prompt_len = len(tokenizer("who is a wizard ?")["input_ids"])
     assert row["labels"][:prompt_len] == [-100] * prompt_len
-    assert tokenizer.decode(row["labels"][prompt_len:]) == "harry potter"
+    # As open-unlearning: the end of the answer is part of what is scored.
+    assert row["labels"][-1] == row["input_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(row["labels"][prompt_len:-1]) == "harry potter"
+    plain = prepare_dataset([pair], tokenizer, "f", 32, append_eos=False)[0]
+    assert plain["input_ids"] == row["input_ids"][:-1] and plain["labels"] == row["labels"][:-1]
+    # not doubled when the completion already ends with it; cut off with the rest by max_length
+    ended = {"prompt": pair["prompt"], "completion": pair["completion"] + tokenizer.eos_token}
+    assert prepare_dataset([ended], tokenizer, "f", 32)[0]["input_ids"] == row["input_ids"]
+    with pytest.warns(UserWarning, match="truncated"):
+        short = prepare_dataset([pair], tokenizer, "f", len(row["input_ids"]) - 1)[0]
+    assert short["input_ids"] == plain["input_ids"]
+
+
+def test_eos_is_appended_to_text_only_when_asked(tokenizer):
+    default = prepare_dataset(["harry potter"], tokenizer, "f", 32)[0]
+    assert default["input_ids"][-1] != tokenizer.eos_token_id
+    asked = prepare_dataset(["harry potter"], tokenizer, "f", 32, append_eos=True)[0]
+    assert asked["input_ids"] == [*default["input_ids"], tokenizer.eos_token_id]
+    assert asked["labels"][-1] == tokenizer.eos_token_id
 
 
 def test_conversational_messages_score_the_last_assistant_turn(tokenizer):

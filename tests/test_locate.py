@@ -23,6 +23,7 @@ from hf_unlearn.concepts.locate import (
 )
 from hf_unlearn.data import UnlearningCollator, tokenize_pair
 from hf_unlearn.evaluation import answer_log_probs
+from hf_unlearn.general_knowledge import held_out_questions
 
 CONCEPT = "harry potter"
 QUESTIONS = ["who studied at hogwarts ?", "what is the school of the wizard harry potter ?", "who is the wizard boy ?",
@@ -283,7 +284,10 @@ def test_records_feed_straight_into_ablation(tok):
     assert len(found) == 5 and all(isinstance(r, ConceptVector) for r in found)
     first = found[0]
     assert (first.concept, first.layer, first.dim) == (CONCEPT, 1, DIM)
-    assert first.questions == QUESTIONS and first.answers == ANSWERS and first.unrelated_questions == BG_QUESTIONS
+    assert first.questions == QUESTIONS and first.answers == ANSWERS
+    # Side effects are measured on held-out questions, not on the background the scorers were tuned to spare.
+    assert first.unrelated_questions and not set(first.unrelated_questions) & set(BG_QUESTIONS)
+    assert first.unrelated_questions == held_out_questions(CONCEPT, seen=[*BG_QUESTIONS, *QUESTIONS])
     assert first.source_text == TEXT
     assert [r.scores["rank"] for r in found] == list(range(5))
     assert {"attribution", "attribution_qa_concept", "attribution_text_background", "score"} <= set(first.scores)
@@ -393,3 +397,60 @@ def test_argument_errors(tok):
         score_value_vectors(model, tok, CONCEPT, layers=[7], **DATA)
     with pytest.warns(UserWarning, match="non-contrastive"):
         score_value_vectors(model, tok, CONCEPT, questions=QUESTIONS, answers=ANSWERS, prompt_template=TEMPLATE)
+
+
+def test_held_out_questions_skip_the_concept_and_what_was_seen():
+    from hf_unlearn.general_knowledge import GENERAL_KNOWLEDGE, mentions
+
+    seen = [q for q, _ in GENERAL_KNOWLEDGE[:10]]
+    drawn = held_out_questions("The Moon", seen=seen, n=1000)
+    assert drawn and not set(drawn) & set(seen)
+    assert not any(mentions(q, {"moon"}) for q in drawn)
+    assert len(drawn) == len(set(drawn)) and held_out_questions("The Moon", seen=seen, n=5) == drawn[:5]
+
+
+# ------------------------------------------------------------------------------------------------ set size
+def test_pick_set_size_follows_the_rule():
+    from hf_unlearn.concepts import SetSizeTrial, pick_set_size
+
+    trials = [SetSizeTrial(10, 0.30, 0.00), SetSizeTrial(20, 0.50, 0.04), SetSizeTrial(40, 0.90, 0.02),
+              SetSizeTrial(80, 1.50, 0.09)]  # 80: too costly for the background; 40: the largest that passes
+    assert pick_set_size(trials).n == 40
+    assert SetSizeTrial(5, 0.3, -0.2).ratio == pytest.approx(30.0)  # gains count as a 0.01 drop
+    # 20 drops too little on the concept to count; 10's background drop is above the budget: best ratio wins.
+    weak = [SetSizeTrial(10, 0.5, 0.06), SetSizeTrial(20, 0.05, 0.0)]
+    assert pick_set_size(weak).n == 10
+    with pytest.raises(ValueError, match="no set size"):
+        pick_set_size([])
+
+
+def test_choose_set_size_measures_the_drops_it_compares(tok):
+    from hf_unlearn.concepts import choose_set_size, pick_set_size
+
+    model = planted_model(tok, "llama", 1)
+    scores = score_value_vectors(model, tok, CONCEPT, **DATA)
+    n, trials = choose_set_size(model, tok, scores, QUESTIONS, ANSWERS, BG_QUESTIONS, BG_ANSWERS, sizes=(4, 1, 2),
+                                prompt_template=TEMPLATE)
+    assert [t.n for t in trials] == [1, 2, 4] and n == pick_set_size(trials).n
+
+    def means():
+        per_item = answer_log_probs(model, tok, [*QUESTIONS, *BG_QUESTIONS], [*ANSWERS, *BG_ANSWERS],
+                                    batch_size=8, prompt_template=TEMPLATE).mean
+        return float(per_item[: len(QUESTIONS)].mean()), float(per_item[len(QUESTIONS):].mean())
+
+    clean = means()
+    with ablate_concept_vectors(model, scores.top(2), mode="zero"):
+        ablated = means()
+    assert trials[1].concept_drop == pytest.approx(clean[0] - ablated[0], abs=1e-6)
+    assert trials[1].background_drop == pytest.approx(clean[1] - ablated[1], abs=1e-6)
+    assert trials[0].concept_drop > 0  # the planted neuron, ranked first, carries the concept
+
+    auto = locate_concept_vectors(model, tok, CONCEPT, progress=False, **DATA)
+    expected, _ = choose_set_size(model, tok, scores, QUESTIONS, ANSWERS, BG_QUESTIONS, BG_ANSWERS,
+                                  prompt_template=TEMPLATE)
+    assert len(auto) == min(expected, len(scores.flat()[0]))
+    without_answers = {k: v for k, v in DATA.items() if k != "background_answers"}
+    with pytest.warns(UserWarning, match="no background"):
+        assert len(locate_concept_vectors(model, tok, CONCEPT, progress=False, **without_answers)) == 20
+    with pytest.raises(ValueError, match="top_n must be a positive"):
+        locate_concept_vectors(model, tok, CONCEPT, top_n=0, **DATA)

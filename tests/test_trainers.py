@@ -49,7 +49,8 @@ def mean_nll(model, tokenizer, data) -> float:
     """Token-mean NLL of ``data`` (the answer to forget for preference pairs)."""
     if data and isinstance(data[0], dict) and "rejected" in data[0]:
         data = [{"prompt": d["prompt"], "completion": d["rejected"]} for d in data]
-    dataset = prepare_dataset(data, tokenizer, "probe", max_length=64)
+    # The answer's own tokens: the EOS after it (appended in training) says where it ends, not what it says.
+    dataset = prepare_dataset(data, tokenizer, "probe", max_length=64, append_eos=False)
     batch = UnlearningCollator(tokenizer.pad_token_id)([dict(r) for r in dataset])
     model.eval()
     with torch.no_grad():

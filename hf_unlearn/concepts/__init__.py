@@ -14,6 +14,7 @@ from .locate import (
 )
 from .projection import VocabChunk, project_to_vocab, scan_value_vectors, value_vector
 from .records import ConceptVector, load_concept_vectors, save_concept_vectors
+from .set_size import SetSizeTrial, choose_set_size, pick_set_size
 from .validation import AnswerComparison, ValidationResult, validate_concept_vector, validate_concept_vectors
 
 __all__ = [
@@ -23,15 +24,18 @@ __all__ = [
     "ConceptVector",
     "ENGLISH_STOPWORDS",
     "ValidationResult",
+    "SetSizeTrial",
     "VocabChunk",
     "ablate_concept_vector",
     "ablate_concept_vectors",
     "attribution_scores",
     "audit_concept_vectors",
     "characteristic_tokens",
+    "choose_set_size",
     "contrastive_scores",
     "load_concept_vectors",
     "locate_concept_vectors",
+    "pick_set_size",
     "project_to_vocab",
     "save_concept_vectors",
     "scan_value_vectors",

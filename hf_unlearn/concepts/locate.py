@@ -20,7 +20,7 @@ Measured results: README.md ("Locating concepts in SmolLM2-135M-Instruct") and `
 
 Example:
     >>> found = locate_concept_vectors(model, tok, "Harry Potter", questions=qs, answers=ans,
-    ...                                background_questions=bg_qs, background_answers=bg_ans, top_n=40)
+    ...                                background_questions=bg_qs, background_answers=bg_ans)
     >>> with ablate_concept_vectors(model, found, mode="zero"): ...
 """
 
@@ -40,9 +40,11 @@ from ..architectures import decoder_layers, final_norm_gain, mlp_out_module, une
 from ..data import UnlearningCollator, padding_id, tokenize_pair
 from ..eval_mode import eval_mode
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
+from ..general_knowledge import held_out_questions
 from ..losses import IGNORE_INDEX, sequence_log_probs
 from .projection import scan_value_vectors
 from .records import ConceptVector
+from .set_size import choose_set_size
 
 __all__ = [
     "SCORERS",
@@ -435,7 +437,12 @@ class ConceptScores:
         return [(int(locations[i, 0]), int(locations[i, 1])) for i in order]
 
     def to_records(self, n: int, by: str | None = None) -> list[ConceptVector]:
-        """The ``n`` best candidates as :class:`ConceptVector` records with every component score and the rank."""
+        """The ``n`` best candidates as :class:`ConceptVector` records with every component score and the rank.
+
+        Their ``unrelated_questions`` (what :func:`validate_concept_vectors` measures side effects on by default) are
+        held-out general-knowledge questions, not the background questions: the scorers were tuned to spare those,
+        so side effects measured on them look smaller than they are."""
+        unrelated = held_out_questions(self.concept, seen=[*self.background_questions, *self.questions])
         records = []
         for rank, (layer, dim) in enumerate(self.top(n, by)):
             scores = {name: float(values[layer][dim]) for name, values in self.components.items()}
@@ -447,7 +454,7 @@ class ConceptScores:
                     layer=layer,
                     dim=dim,
                     questions=list(self.questions),
-                    unrelated_questions=list(self.background_questions),
+                    unrelated_questions=list(unrelated),
                     source_text=self.source_text,
                     answers=None if self.answers is None else list(self.answers),
                     scores=scores,
@@ -637,7 +644,7 @@ def locate_concept_vectors(
     background_text: str | Sequence[str] | None = None,
     scorer: str | Sequence[str] = "attribution",
     layers: Sequence[int] | None = None,
-    top_n: int = 20,
+    top_n: int | str = "auto",
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     chat: bool = False,
     attribution_data: str = "auto",
@@ -663,7 +670,10 @@ def locate_concept_vectors(
             ``"vocab"`` (vocabulary projection onto the concept's characteristic tokens, see :func:`vocab_scores`;
             weights only) or ``("vocab", "attribution")`` (reciprocal rank fusion of both).
         layers: the layers to search (default all).
-        top_n: size of the returned set; a concept is spread over many vectors in a small model, ablate the set.
+        top_n: size of the returned set (a concept is spread over many vectors in a small model: ablate the set).
+            ``"auto"``: with gold answers for the concept's and the background's questions, the largest of 10, 20,
+            40, 80 that hurts the concept and spares the background (:func:`~hf_unlearn.concepts.set_size.
+            choose_set_size`, measured on the locator's own data only); without them, 20.
         attribution_data: ``"qa"``, ``"text"``, ``"both"`` or ``"auto"``, see :func:`score_value_vectors`.
         contrastive, contrast_constant: see :func:`contrastive_scores`.
         num_tokens: how many characteristic tokens the vocab scorer uses.
@@ -676,9 +686,11 @@ def locate_concept_vectors(
 
     Example:
         >>> found = locate_concept_vectors(model, tok, "Paris", questions=qs, answers=ans, text=paragraph,
-        ...                                background_questions=bq, background_answers=ba, top_n=40)
+        ...                                background_questions=bq, background_answers=ba)
         >>> with ablate_concept_vectors(model, found, mode="zero"): evaluate(model)
     """
+    if top_n != "auto" and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be a positive number of vectors or 'auto' (got {top_n!r})")
     result = score_value_vectors(
         model,
         tokenizer,
@@ -703,4 +715,9 @@ def locate_concept_vectors(
         max_length=max_length,
         progress=progress,
     )
+    if top_n == "auto":
+        top_n = 20
+        if questions and answers and background_questions and background_answers:
+            top_n, _ = choose_set_size(model, tokenizer, result, questions, answers, background_questions,
+                                       background_answers, prompt_template=prompt_template, chat=chat)
     return result.to_records(top_n)

@@ -39,6 +39,10 @@ class BaseConfig(TrainingArguments):
             Processes used to tokenise the datasets.
         pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
             Pad each batch to a multiple of this length.
+        append_eos (`bool` or `None`, *optional*, defaults to `None`):
+            Append the tokenizer's end-of-sequence token to each completion and score it, as open-unlearning does
+            for every example (numbers are comparable with its only then). `None`: on for prompt-completion and
+            preference data, off for plain text and conversations (whose chat template closes the turn itself).
 
         > Parameters that control the model
 
@@ -64,6 +68,10 @@ class BaseConfig(TrainingArguments):
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenise the datasets."})
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad each batch to a multiple of this."})
+    append_eos: bool | None = field(
+        default=None,
+        metadata={"help": "Append and score EOS after each completion (None: for prompt-completion/preference data)."},
+    )
     model_init_kwargs: dict[str, Any] | None = field(
         default=None,
         metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as a path or Hub id."},

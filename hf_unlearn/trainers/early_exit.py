@@ -151,11 +151,11 @@ class EarlyExitTrainer(BaseTrainer):
         if train_dataset is None:
             raise ValueError("train_dataset (text to train the exits on) is required")
         train = prepare_dataset(train_dataset, processing_class, "train_dataset", args.max_length, False,
-                                args.dataset_num_proc)
+                                args.dataset_num_proc, args.append_eos)
         evaluation = None
         if eval_dataset is not None:
             evaluation = prepare_dataset(eval_dataset, processing_class, "eval_dataset", args.max_length, False,
-                                         args.dataset_num_proc)
+                                         args.dataset_num_proc, args.append_eos)
         return train, evaluation
 
     def _default_collator(self, processing_class, args):

@@ -190,12 +190,13 @@ class UnlearningTrainer(BaseTrainer):
             raise ValueError("train_dataset (the forget set) is required")
         forget = prepare_dataset(
             train_dataset, processing_class, "train_dataset (forget set)", args.max_length, self.preference,
-            args.dataset_num_proc,
+            args.dataset_num_proc, args.append_eos,
         )
         evaluation = None
         if eval_dataset is not None:
             evaluation = prepare_dataset(
-                eval_dataset, processing_class, "eval_dataset", args.max_length, self.preference, args.dataset_num_proc
+                eval_dataset, processing_class, "eval_dataset", args.max_length, self.preference,
+                args.dataset_num_proc, args.append_eos,
             )
         self.retain_dataset = self._prepare_retain(self._retain_input, processing_class, args)
         return forget, evaluation
@@ -234,7 +235,8 @@ class UnlearningTrainer(BaseTrainer):
                 "retain_loss='none'"
             )
         return prepare_dataset(
-            retain_dataset, processing_class, "retain_dataset", args.max_length, False, args.dataset_num_proc
+            retain_dataset, processing_class, "retain_dataset", args.max_length, False, args.dataset_num_proc,
+            args.append_eos,
         )
 
     def _prepare_ref_model(self, ref_model: nn.Module) -> nn.Module:
