@@ -45,6 +45,7 @@ from hf_unlearn import (  # noqa: E402
     ConsistentEETrainer,
     EarlyExitForCausalLM,
     add_memorized_layers,
+    losses,  # noqa: E402
 )
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.early_exit import ExitEvaluation, evaluate_exits, token_shortlist  # noqa: E402
@@ -219,8 +220,34 @@ def phase_policy(kind: str, opts) -> dict:
               "reward": opts.reward, "cost": opts.cost, "epsilon": opts.epsilon, "learning_rate": opts.policy_lr,
               "warmup_logs": warmup_logs[-2:], "last_logs": logs[-2:]}
     atomic_write_text(record, json.dumps(result, indent=1))
-    print(f"[{kind}] policy {seconds:.0f} s, last log {logs[-1] if logs else None}", flush=True)
+    print(f"[{kind}] policy warm start {seconds['policy_warmup']:.0f} s, REINFORCE {seconds['policy']:.0f} s, "
+          f"last log {logs[-1] if logs else None}", flush=True)
     return result
+
+
+@torch.no_grad()
+def oracle_bound(model, original, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
+    """The ceiling of these exits: every generated token exits at its memorized layer against the original model's
+    greedy token (the shallowest exit from which every deeper one agrees), which only an oracle knows. Agreement 1 by
+    construction; one all-exits pass per continuation (the key/value fill of earlier exits is not simulated)."""
+    layers = []
+    eos = tokenizer.eos_token_id
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        sequence = original.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                     do_sample=False, eos_token_id=[], pad_token_id=eos)
+        new = sequence[0, ids.shape[1]:].tolist()
+        end = ids.shape[1] + (new.index(eos) + 1 if eos in new else len(new))
+        sequence = sequence[:, :end]
+        exits = model(sequence, output_all_exits=True, use_cache=False).exit_logits
+        # Positions after the prompt's last one decide their exits (the prompt pass runs at full depth).
+        start = ids.shape[1]
+        targets = sequence[0, start + 1:]
+        correct = torch.stack([logits[0, start:-1].argmax(-1) == targets for logits in exits])
+        layers.append(losses.memorized_layers(correct, model.config.all_exits).float())
+    mean_exit = torch.cat(layers).mean().item()
+    return {"mean_exit_layer": mean_exit, "layer_speedup": model.config.num_hidden_layers / mean_exit,
+            "tokens": int(sum(len(x) for x in layers))}
 
 
 def phase_evaluate(data: dict, opts) -> dict:
@@ -239,6 +266,9 @@ def phase_evaluate(data: dict, opts) -> dict:
             reference_model=original, rounds=1 if opts.quick else opts.rounds, lossless=True,
         )
         rows = table.rows + [r for r in lossless.rows if r["strategy"] == "lossless"]
+        oracle = oracle_bound(model, original, tokenizer, prompts, 8 if opts.quick else opts.eval_tokens)
+        rows.append({"point": "oracle (memorized layer; not a strategy)", "strategy": "oracle", "agreement": 1.0,
+                     "generation_agreement": 1.0, **oracle})
         warmup = WORK / f"checkpoint-{kind}-warmup"
         if warmup.exists():  # the policy before REINFORCE: what the supervised warm start alone gives
             warm = evaluate_exits(
@@ -261,7 +291,7 @@ def phase_evaluate(data: dict, opts) -> dict:
 def best_at(rows: list[dict], strategy: str, agreement: float) -> dict | None:
     """The point of a strategy with the highest measured speed-up at or above an agreement, with its layer speed-up
     (L / mean exit layer: what the exits' depth alone allows)."""
-    points = [r for r in rows if r["strategy"] == strategy and r["agreement"] >= agreement]
+    points = [r for r in rows if r["strategy"] == strategy and r["agreement"] >= agreement and "speedup" in r]
     if not points:
         return None
     best = max(points, key=lambda r: r["speedup"])
@@ -271,14 +301,14 @@ def best_at(rows: list[dict], strategy: str, agreement: float) -> dict | None:
 def summarise(results: dict) -> dict:
     summary = {}
     for kind, rows in results.items():
-        strategies = sorted({r["strategy"] for r in rows} - {"none"})
+        strategies = sorted({r["strategy"] for r in rows} - {"none", "oracle"})
         summary[kind] = {
             f"{level:.2f}": {s: best_at(rows, s, level) for s in strategies} for level in (0.9, 0.95, 0.98)
         }
     return summary
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, evaluated: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,13 +316,14 @@ def plot(results: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.5), squeeze=False)
     for axis, (kind, rows) in zip(axes[0], results.items()):
-        for strategy in sorted({r["strategy"] for r in rows}):
+        for strategy in sorted({r["strategy"] for r in rows} - {"oracle"}):
             points = sorted((r["agreement"], r["speedup"]) for r in rows if r["strategy"] == strategy)
             style = "o-" if strategy not in ("lossless", "assistant_early_exit", "none") else "s"
             axis.plot([p[0] for p in points], [p[1] for p in points], style, label=strategy)
         axis.axhline(1.0, color="grey", linewidth=0.8)
         axis.axvline(0.95, color="grey", linewidth=0.8, linestyle=":")
-        axis.set_title(f"SmolLM2-135M, {kind} backbone")
+        when = (evaluated or {}).get(kind, "this run")
+        axis.set_title(f"SmolLM2-135M, {kind} backbone" + ("" if when == "this run" else f" ({when})"))
         axis.set_xlabel("agreement with the original model's greedy tokens")
         axis.set_ylabel("measured speed-up (batch 1, CPU)")
         axis.grid(alpha=0.3)
@@ -316,10 +347,20 @@ def markdown(report: dict) -> str:
             for kind, train in report["training"].items()
         ),
         "",
+        *(f"The {kind} backbone's rows are from {when} (not re-evaluated in the run that wrote this file)."
+          for kind, when in report["meta"].get("evaluated", {}).items() if when != "this run"),
+        "",
         "Best measured speed-up at or above an agreement level (in brackets: L / mean exit layer, what the exits' "
         "depth alone allows; lossless and assistant_early_exit have no exit depth):",
         "",
     ]
+    for kind, rows in report["points"].items():
+        oracle = next((r for r in rows if r["strategy"] == "oracle"), None)
+        if oracle:
+            lines.append(f"Ceiling of the {kind} exits (every token at its memorized layer, which only an oracle "
+                         f"knows): mean exit {oracle['mean_exit_layer']:.1f}, L / mean exit "
+                         f"{oracle['layer_speedup']:.2f}, at agreement 1.")
+    lines.append("")
     for kind, levels in report["summary"].items():
         strategies = sorted(next(iter(levels.values())))
         lines += [f"**{kind} backbone**", "", "| agreement ≥ | " + " | ".join(strategies) + " |",
@@ -336,7 +377,8 @@ def markdown(report: dict) -> str:
         for r in rows:
             exit_layer = "-" if r.get("mean_exit_layer") is None else f"{r['mean_exit_layer']:.2f}"
             layer = "-" if r.get("layer_speedup") is None else f"{r['layer_speedup']:.3f}"
-            lines.append(f"| {r['point']} | {r['speedup']:.3f} | {exit_layer} | {layer} | {r['agreement']:.3f} | "
+            speed = "-" if r.get("speedup") is None else f"{r['speedup']:.3f}"
+            lines.append(f"| {r['point']} | {speed} | {exit_layer} | {layer} | {r['agreement']:.3f} | "
                          f"{r['generation_agreement']:.3f} |")
         lines.append("")
     return "\n".join(lines)
@@ -373,7 +415,7 @@ def main() -> None:
         report = json.loads((ROOT / "results" / "consistentee.json").read_text())
         report["summary"] = summarise(report["points"])
         atomic_write_text(ROOT / "results" / "consistentee.json", json.dumps(report, indent=2))
-        plot(report["points"], ROOT / "results" / "consistentee.png")
+        plot(report["points"], ROOT / "results" / "consistentee.png", report["meta"].get("evaluated"))
         update_readme(markdown(report))
         print(markdown(report))
         return
@@ -395,18 +437,27 @@ def main() -> None:
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)
+    name = "consistentee_quick" if opts.quick else "consistentee"
+    previous_path = ROOT / "results" / f"{name}.json"
+    evaluated = {kind: "this run" for kind in results}
+    if previous_path.exists():  # models not re-evaluated keep their earlier rows, marked as such
+        previous = json.loads(previous_path.read_text())
+        for kind, rows in previous.get("points", {}).items():
+            if kind not in results:
+                results[kind] = rows
+                training[kind] = previous["training"][kind]
+                evaluated[kind] = previous.get("meta", {}).get("evaluated", {}).get(kind, "an earlier run")
     report = {
         "meta": {"device": platform.processor() or "CPU", "threads": opts.threads, "torch": torch.__version__,
                  "transformers": transformers.__version__, "prompts": len(data["held_out_prompts"]),
                  "eval_tokens": opts.eval_tokens, "rounds": opts.rounds, "exit_layers": EXIT_LAYERS,
-                 "training_examples": len(data["train"])},
+                 "training_examples": len(data["train"]), "evaluated": evaluated},
         "training": training,
         "summary": summarise(results),
         "points": results,
     }
-    name = "consistentee_quick" if opts.quick else "consistentee"
     atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(report, indent=2))
-    plot(results, ROOT / "results" / f"{name}.png")
+    plot(results, ROOT / "results" / f"{name}.png", evaluated)
     if not opts.quick:
         update_readme(markdown(report))
     print(markdown(report))

@@ -254,3 +254,70 @@ def value_vectors_view(model: nn.Module, layer: int) -> torch.Tensor:
     """A ``(d_model, d_ff)`` view of layer ``layer``'s value vectors: column ``j`` is value vector ``j``."""
     weight = mlp_out_weight(model, layer)
     return weight.T if get_adapter(model).transposed else weight
+
+
+# ------------------------------------------------------------------ weights with PEFT adapters resolved
+
+
+def effective_weight(module: nn.Module, include_adapters: bool) -> torch.Tensor:
+    """The weight ``module`` computes with, in its stored layout; unmerged LoRA deltas added when asked.
+
+    ``include_adapters=False`` gives the adapter-free base weight, used when the "original" model is the very base
+    model the PEFT adapters were injected into (``get_peft_model`` modifies it in place).
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # peft is a dependency, but the audit itself does not need it
+        BaseTunerLayer = ()  # noqa: N806
+    if hasattr(module, "original_module") and hasattr(module, "modules_to_save"):  # PEFT modules_to_save copy
+        active = [a for a in module.active_adapters if a in module.modules_to_save]
+        if include_adapters and active and not module.disable_adapters:
+            return module.modules_to_save[active[0]].weight
+        return module.original_module.weight
+    if not isinstance(module, BaseTunerLayer):
+        return module.weight
+    base = module.get_base_layer().weight
+    if not include_adapters:
+        if module.merged_adapters:
+            raise ValueError(
+                f"adapters {module.merged_adapters} are merged into the base weights, so the original weights cannot "
+                "be read from the same model: pass a separate copy of the original model"
+            )
+        return base
+    if module.disable_adapters:
+        return base
+    lora_a = getattr(module, "lora_A", None)
+    if lora_a is None or not hasattr(module, "get_delta_weight"):
+        raise ValueError(
+            f"cannot read the effective weight of the PEFT layer {type(module).__name__}: call merge_and_unload() "
+            "on the PEFT model first and audit the merged model"
+        )
+    pending = [a for a in module.active_adapters if a in lora_a and a not in module.merged_adapters]
+    variants = getattr(module, "lora_variant", {}) or {}
+    if any(variants.get(a) is not None for a in pending):
+        raise ValueError(
+            "the unlearned model has unmerged DoRA/LoRA-variant adapters whose weight is not base + delta: call "
+            "merge_and_unload() first and audit the merged model"
+        )
+    weight = base
+    for adapter in pending:
+        weight = weight + module.get_delta_weight(adapter).to(base.dtype)
+    return weight
+
+
+def effective_value_vectors(model: nn.Module, layer: int, include_adapters: bool = True) -> torch.Tensor:
+    """Layer ``layer``'s value vectors as the model computes with them, a float32 ``(d_model, d_ff)`` matrix
+    (column j = value vector j), unmerged LoRA deltas included unless ``include_adapters=False``."""
+    weight = effective_weight(mlp_out_module(model, layer), include_adapters).detach()
+    weight = weight.T if get_adapter(model).transposed else weight
+    return weight.float()
+
+
+def effective_unembedding(model: nn.Module, include_adapters: bool = True) -> torch.Tensor:
+    """The unembedding matrix as the model computes with it (float32), unmerged adapters included when asked."""
+    return effective_weight(underlying_model(model).get_output_embeddings(), include_adapters).detach().float()
+
+
+def peft_layers(model: nn.Module) -> list[nn.Module]:
+    """The PEFT layers (tuner layers and ``modules_to_save`` copies) inside ``model``."""
+    return [m for m in model.modules() if hasattr(m, "merged_adapters") or hasattr(m, "original_module")]

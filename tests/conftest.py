@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tiny_models import SHARED, build_tokenizer, tiny_llama  # noqa: E402
+from tiny_models import SHARED, build_tokenizer, tiny_gpt2, tiny_llama, train_tiny  # noqa: E402
 
 # Pinned once for the whole suite: tiny models on a shared 2-core machine run 10-40x faster on one intra-op thread
 # than on oversubscribed ones, and the numerics of a test do not depend on which tests ran before it.
@@ -25,6 +25,24 @@ def tokenizer():
 @pytest.fixture
 def llama(tokenizer):
     return tiny_llama(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny():
+    """``trained_tiny(tokenizer, kind="llama", steps=80, layers=2)``: a fresh model with the weights of
+    :func:`tiny_models.train_tiny`, trained once per session for each setting (every call gets its own copy)."""
+    weights: dict = {}
+
+    def make(tokenizer, kind: str = "llama", steps: int = 80, layers: int = 2):
+        key = (kind, layers, steps)
+        if key not in weights:
+            trained = train_tiny(tokenizer, kind, steps, layers)
+            weights[key] = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+        model = (tiny_llama if kind == "llama" else tiny_gpt2)(tokenizer, layers=layers)
+        model.load_state_dict(weights[key])
+        return model
+
+    return make
 
 
 @pytest.fixture

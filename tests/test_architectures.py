@@ -56,7 +56,14 @@ def build(name):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_adapter_finds_modules_and_value_vectors(name):
     model = build(name)
-    assert len(decoder_layers(model)) == 2
+    # The adapter's layer list is the one the forward runs: its first layer's output is the model's hidden state 1.
+    seen = {}
+    handle = decoder_layers(model)[0].register_forward_hook(lambda m, args, out: seen.update(h=out))
+    with torch.no_grad():
+        states = model(input_ids=torch.tensor([[1, 2, 3, 4]]), output_hidden_states=True).hidden_states
+    handle.remove()
+    torch.testing.assert_close(seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"], states[1])
+    assert len(states) == len(decoder_layers(model)) + 1
     view = value_vectors_view(model, 1)
     assert view.shape == (D, FF)
     assert unembedding(model).shape == (V, D)

@@ -129,6 +129,10 @@ def test_locate_then_audit(files, unlearned, capsys):
     assert code == 0 and "| rank | layer | dim | score | top tokens |" in stdout
     vectors = load_concept_vectors(out / "concept_vectors.json")
     assert len(vectors) == 3 and all(v.concept == "Harry Potter" for v in vectors)
+    # Without --top-n the set size is chosen by the library's rule, from 10, 20, 40 and 80.
+    code, _, _ = run(["locate", "--model", files / "model", "--concept", "Harry Potter", "--questions",
+                      files / "qa.jsonl", "--output-dir", files / "locate_auto"], capsys)
+    assert code == 0 and len(load_concept_vectors(files / "locate_auto" / "concept_vectors.json")) in (10, 20, 40, 80)
 
     code, stdout, _ = run(["audit", "--original", files / "model", "--unlearned", unlearned, "--vectors",
                            out / "concept_vectors.json", "--output-dir", files / "audit"], capsys)
@@ -214,6 +218,8 @@ def test_early_exit_train_generate_bench(files, capsys):
         (["locate", "--model", "{model}", "--concept", "x", "--questions", "{root}/questions.txt",
           "--scorer", "magic"],
          "--scorer 'magic'"),
+        (["locate", "--model", "{model}", "--concept", "x", "--questions", "{root}/questions.txt", "--top-n", "0"],
+         "--top-n must be 'auto' or a number >= 1"),
         (["audit", "--original", "{model}", "--unlearned", "{model}", "--vectors", "{root}/nope.json"],
          "no such file"),
         (["audit", "--original", "{model}", "--unlearned", "{model}", "--vectors", "1:x"], "LAYER:DIM"),

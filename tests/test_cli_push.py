@@ -16,10 +16,10 @@ import httpx2  # noqa: E402
 import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import build_tokenizer, tiny_llama  # noqa: E402
 from huggingface_hub import ModelCard  # noqa: E402
 from huggingface_hub.utils._http import default_client_factory  # noqa: E402
 from test_hub import TOKEN, FakeHub, _audit, _early_exit  # noqa: E402
+from tiny_models import build_tokenizer, tiny_llama  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from hf_unlearn.cli import build_parser, main  # noqa: E402

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, run_config, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, run_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_unlearn import (
@@ -97,7 +97,7 @@ def test_exit_weights_and_multi_exit_loss():
 
 
 @pytest.fixture
-def wrapped(tokenizer):
+def wrapped(tokenizer, trained_tiny):
     return EarlyExitForCausalLM.from_backbone(trained_tiny(tokenizer, "llama", steps=60, layers=4), min_exit_layer=1)
 
 
@@ -161,7 +161,7 @@ def test_prompt_positions_run_at_full_depth_when_sampling(wrapped, tokenizer):
 # ---------------------------------------------------------------------------------------------- trainers
 
 
-def test_early_exit_trainer_trains_adapters_and_leaves_the_backbone(tokenizer, tmp_path):
+def test_early_exit_trainer_trains_adapters_and_leaves_the_backbone(tokenizer, trained_tiny, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     args = run_config(EarlyExitTrainingConfig, tmp_path, max_steps=25, learning_rate=3e-2,
@@ -179,7 +179,7 @@ def test_early_exit_trainer_trains_adapters_and_leaves_the_backbone(tokenizer, t
     assert {"exit_accuracy_1", "exit_loss_3", "oracle_exit_layer", "oracle_exit_frac_2"} <= set(logged)
 
 
-def test_self_distillation_targets_the_full_model(tokenizer, tmp_path):
+def test_self_distillation_targets_the_full_model(tokenizer, trained_tiny, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     args = run_config(EarlyExitTrainingConfig, tmp_path, max_steps=1, self_distillation=True,
                       early_exit_kwargs={"min_exit_layer": 1})
@@ -200,7 +200,7 @@ def test_self_distillation_targets_the_full_model(tokenizer, tmp_path):
     torch.testing.assert_close(loss, expected.float(), rtol=1e-4, atol=1e-5)
 
 
-def test_lora_backbone_under_the_early_exit_loss(tokenizer, tmp_path):
+def test_lora_backbone_under_the_early_exit_loss(tokenizer, trained_tiny, tmp_path):
     from peft import LoraConfig
 
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
@@ -216,7 +216,7 @@ def test_lora_backbone_under_the_early_exit_loss(tokenizer, tmp_path):
     assert any(p.abs().sum() > 0 for p in lora_b)
 
 
-def test_gradient_accumulation_matches_the_full_batch(tokenizer, tmp_path):
+def test_gradient_accumulation_matches_the_full_batch(tokenizer, trained_tiny, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     texts = FORGET_TEXTS + RETAIN_TEXTS[:4]
     results = []
@@ -237,7 +237,7 @@ def test_gradient_accumulation_matches_the_full_batch(tokenizer, tmp_path):
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
 
 
-def test_consistentee_stages_run_alone_and_in_order(tokenizer, tmp_path):
+def test_consistentee_stages_run_alone_and_in_order(tokenizer, trained_tiny, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     args = run_config(ConsistentEEConfig, tmp_path, max_steps=2, policy_max_steps=2, joint_max_steps=2,
                       policy_warmup_max_steps=2, stages=["heads", "memorize", "policy_warmup", "policy", "joint"],
@@ -269,7 +269,7 @@ def test_consistentee_stages_run_alone_and_in_order(tokenizer, tmp_path):
     assert logged and {"mean_exit_layer", "exit_accuracy", "exit_frac_1", "policy_loss"} <= set(logged[0])
 
 
-def test_memorized_layers_of_the_full_model_targets(tokenizer):
+def test_memorized_layers_of_the_full_model_targets(tokenizer, trained_tiny):
     model = EarlyExitForCausalLM.from_backbone(trained_tiny(tokenizer, "llama", steps=60, layers=4), min_exit_layer=1)
     from hf_unlearn.data import prepare_dataset
 
@@ -284,7 +284,7 @@ def test_memorized_layers_of_the_full_model_targets(tokenizer):
     assert out[0][MEMORIZED_COLUMN][1:] == losses.memorized_layers(correct, [1, 2, 3, 4]).tolist()
 
 
-def test_bad_configs_get_clear_errors(tokenizer, tmp_path):
+def test_bad_configs_get_clear_errors(tokenizer, trained_tiny, tmp_path):
     with pytest.raises(ValueError, match="stages"):
         run_config(ConsistentEEConfig, tmp_path, stages=["heads", "warmup"])
     with pytest.raises(ValueError, match="num_rollouts must be >= 2"):
@@ -395,7 +395,7 @@ def test_consistentee_exits_easy_tokens_earlier_than_hard_ones(task_backbone, to
         dict(exit_strategy="policy"),
     ],
 )
-def test_lossless_mode_equals_the_full_models_greedy_output(tokenizer, kind, settings):
+def test_lossless_mode_equals_the_full_models_greedy_output(tokenizer, trained_tiny, kind, settings):
     backbone = trained_tiny(tokenizer, kind, steps=60, layers=4).eval()
     model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, policy_trained=True).eval()
     with torch.no_grad():
@@ -410,7 +410,7 @@ def test_lossless_mode_equals_the_full_models_greedy_output(tokenizer, kind, set
             assert out.accepted_tokens <= out.draft_tokens and out.rounds > 0
 
 
-def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer):
+def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer, trained_tiny):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4).eval()
     model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
     calls = [0] * 4
@@ -438,7 +438,7 @@ def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer):
 # ---------------------------------------------------------------------------------------------- evaluate_exits
 
 
-def test_evaluate_exits_reports_what_the_model_does(tokenizer, tmp_path):
+def test_evaluate_exits_reports_what_the_model_does(tokenizer, trained_tiny, tmp_path):
     from hf_unlearn.early_exit import evaluate_exits
 
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4).eval()
@@ -497,7 +497,7 @@ def test_exit_losses_over_a_vocabulary_subset(wrapped, tokenizer):
         torch.testing.assert_close(distilled.exit_losses[0], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_shortlist_loss_adds_random_negatives(tokenizer, tmp_path):
+def test_shortlist_loss_adds_random_negatives(tokenizer, trained_tiny, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     model = EarlyExitForCausalLM.from_backbone(backbone, exit_head="adapter", min_exit_layer=1)
     model.set_exit_shortlist(list(range(10)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from datasets import Dataset
 from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, build_tokenizer, tiny_llama
 
@@ -178,10 +179,17 @@ def test_wrong_config_class_and_same_ref_model(tokenizer, tmp_path):
         )
 
 
-def test_config_runs_on_cpu_without_bf16_failure(tmp_path):
-    config = hu.NPOConfig(output_dir=str(tmp_path))
-    assert config.bf16 is False or config.bf16 is True  # resolved, never None
+def test_bf16_defaults_to_on_only_where_a_bf16_gpu_trains(tmp_path, monkeypatch):
+    from hf_unlearn.trainers.base import default_bf16
+
+    assert hu.NPOConfig(output_dir=str(tmp_path)).bf16 is default_bf16(False, False)
     assert hu.NPOConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert default_bf16(fp16=False, use_cpu=False) is True
+    assert default_bf16(fp16=True, use_cpu=False) is False and default_bf16(fp16=False, use_cpu=True) is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert default_bf16(fp16=False, use_cpu=False) is False
 
 
 def test_method_defaults_follow_the_literature(tmp_path):

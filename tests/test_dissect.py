@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_gpt2, tiny_llama
 
-from hf_unlearn.architectures import decoder_layers, value_vectors_view
+from hf_unlearn.architectures import value_vectors_view
 from hf_unlearn.dissect import (
     DissectionTable,
     Probe,
@@ -189,11 +189,16 @@ def test_record_then_patch_is_a_no_op(tokenizer):
     with torch.no_grad():
         with record_activations(model, "residual", [0]) as acts:
             clean = model(**batch.model_inputs()).logits
-        assert acts[0].shape[-1] == 32
+        assert acts[0].shape == (*batch.input_ids.shape, 32)
         with patch_activations(model, "residual", acts):
             patched = model(**batch.model_inputs()).logits
+        # ...while patching in something else does change the output: the hooks are live.
+        with patch_activations(model, "residual", {0: torch.zeros_like(acts[0])}):
+            zeroed = model(**batch.model_inputs()).logits
+        after = model(**batch.model_inputs()).logits
     torch.testing.assert_close(patched, clean)
-    assert len(decoder_layers(model)) == 2
+    assert not torch.allclose(zeroed, clean)
+    torch.testing.assert_close(after, clean)  # and they are gone after the block
 
 
 def test_table_round_trips_and_plots(tokenizer, tmp_path):

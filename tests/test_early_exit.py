@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 from test_architectures import CONFIGS
-from tiny_models import tiny_llama, trained_tiny
+from tiny_models import tiny_llama
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from hf_unlearn.early_exit import EarlyExitConfig, EarlyExitForCausalLM
@@ -33,7 +33,7 @@ WALKABLE = ["gemma", "gpt2", "llama", "mistral", "olmo", "phi3", "qwen2", "qwen3
 
 
 @pytest.fixture(params=["llama", "gpt2"])
-def backbone(request, tokenizer):
+def backbone(request, tokenizer, trained_tiny):
     """A 4-layer model trained on the test texts, so its exits are confident on some tokens and not on others."""
     return trained_tiny(tokenizer, request.param, steps=60, layers=4).eval()
 

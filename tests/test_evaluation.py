@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import torch
-from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, run_config, tiny_gpt2, tiny_llama, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, run_config, tiny_gpt2, tiny_llama
 
 from hf_unlearn import GradAscentConfig, GradAscentTrainer
 from hf_unlearn.evaluation import (
@@ -154,7 +154,7 @@ def test_mia_scores_match_their_definitions(tokenizer):
     torch.testing.assert_close(reference, torch.zeros(2))
 
 
-def test_mia_separates_trained_texts_from_unseen_ones(tokenizer):
+def test_mia_separates_trained_texts_from_unseen_ones(tokenizer, trained_tiny):
     model = trained_tiny(tokenizer, "llama")  # trained on FORGET_TEXTS + RETAIN_TEXTS
     unseen = ["the dog sat on the red mat .", "paris likes the green apple .", "who ran to the blue river ?",
               "the sun eats a banana ."]
@@ -211,7 +211,7 @@ def test_rouge_recall_is_lcs_over_the_reference():
 # ---------------------------------------------------------------------------------------------- memorisation
 
 
-def test_exact_memorization_and_extraction_strength_against_a_loop(tokenizer):
+def test_exact_memorization_and_extraction_strength_against_a_loop(tokenizer, trained_tiny):
     model = trained_tiny(tokenizer, "llama")
     questions, answers = ["the capital city of"], [" france is paris ."]
     em = exact_memorization(model, tokenizer, questions, answers, prompt_template="{q}")
@@ -252,7 +252,7 @@ def _name_of(model, parameter):
     return next(name for name, p in model.state_dict(keep_vars=True).items() if p is parameter)
 
 
-def test_quantization_attack_reports_before_and_after(tokenizer):
+def test_quantization_attack_reports_before_and_after(tokenizer, trained_tiny):
     model = trained_tiny(tokenizer, "llama")
     report = quantization_attack(model, tokenizer, QUESTIONS[:2], ANSWERS[:2], bits=2, group_size=16,
                                  max_new_tokens=4)
@@ -275,7 +275,7 @@ HOLDOUT = [{"question": "who likes the apple ?", "answer": " the cat ."},
            {"question": "what flows through berlin ?", "answer": " a river ."}]
 
 
-def test_evaluate_unlearning_runs_the_metrics_its_data_allows(tokenizer, tmp_path):
+def test_evaluate_unlearning_runs_the_metrics_its_data_allows(tokenizer, trained_tiny, tmp_path):
     model = trained_tiny(tokenizer, "llama")
     result = evaluate_unlearning(model, tokenizer, FORGET, RETAIN, HOLDOUT, max_new_tokens=4, progress=False)
     table = result.to_dict()
@@ -295,7 +295,7 @@ def test_evaluate_unlearning_runs_the_metrics_its_data_allows(tokenizer, tmp_pat
     assert "| answer_log_prob | forget |" in result.to_markdown(with_retain_model)
 
 
-def test_callback_logs_and_warns_when_the_retain_answers_fall(tokenizer, tmp_path):
+def test_callback_logs_and_warns_when_the_retain_answers_fall(tokenizer, trained_tiny, tmp_path):
     model = trained_tiny(tokenizer, "llama")
     callback = UnlearningEvaluationCallback(tokenizer, FORGET, RETAIN, every_n_steps=2, max_utility_drop=0.1,
                                             progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hf_unlearn.concepts import ConceptVector
 from hf_unlearn.evaluation.generation import answer_questions
@@ -102,11 +103,26 @@ def test_jailbreak_prompts_families():
         jailbreak_prompts("Netflix")
 
 
+def _greedy(model, tokenizer, text: str, special_tokens: bool) -> str:
+    """The model's own greedy continuation of exactly ``text``, one prompt at a time (no padding)."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=special_tokens)["input_ids"]
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 def test_prompts_are_answerable_verbatim_and_through_a_chat_template(tokenizer, llama):
+    from hf_unlearn.evaluation.prompts import render_prompts
+
     prompts = jailbreak_prompts(HARRY, translations=GERMAN, wrapper=None)
     flat = [p for family in prompts.values() for p in family]
+    assert len(flat) == 8
+    # Batched, left-padded answers are the model's answers to each prompt exactly as built.
     answers = answer_questions(llama, tokenizer, flat, max_new_tokens=2, prompt_template="{q}", batch_size=4)
-    assert len(answers) == len(flat) == 8
+    assert answers == [_greedy(llama, tokenizer, p, special_tokens=True) for p in flat]
+    # Through the chat template: the prompt is the user turn after the safety system prompt.
     chat = answer_questions(llama, tokenizer, prompts["role_play"], max_new_tokens=2, prompt_template="{q}", chat=True,
                             system_prompt=SAFETY_SYSTEM_PROMPT)
-    assert len(chat) == 2
+    rendered = render_prompts(tokenizer, prompts["role_play"], "{q}", chat=True, system_prompt=SAFETY_SYSTEM_PROMPT)
+    assert all(SAFETY_SYSTEM_PROMPT in r and p in r for r, p in zip(rendered, prompts["role_play"]))
+    assert chat == [_greedy(llama, tokenizer, r, special_tokens=False) for r in rendered]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
-from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_gpt2, tiny_llama, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_gpt2, tiny_llama
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from hf_unlearn.architectures import get_adapter, mlp_out_module, value_vectors_view
@@ -67,7 +67,7 @@ def no_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
 
 
-def test_only_the_concept_vectors_train_and_checkpoints_are_plain_models(tokenizer, tmp_path):
+def test_only_the_concept_vectors_train_and_checkpoints_are_plain_models(tokenizer, trained_tiny, tmp_path):
     model = trained_tiny(tokenizer)
     locations = [(0, 3), (1, 10), (1, 20)]  # two layers, and two vectors in one layer
     expected = ablated_state(model, locations, seed=7)

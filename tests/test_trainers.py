@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig
-from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_llama, trained_tiny
+from tiny_models import FORGET_TEXTS, RETAIN_TEXTS, StopAt, run_config, tiny_llama
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 import hf_unlearn as hu
@@ -69,7 +69,7 @@ def make_trainer(name, model, tokenizer, tmp_path, **kwargs):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_trainer_unlearns_on_tiny_llama(name, tokenizer, tmp_path):
+def test_trainer_unlearns_on_tiny_llama(name, tokenizer, trained_tiny, tmp_path):
     model = trained_tiny(tokenizer)
     forget_before = mean_nll(model, tokenizer, forget_data(name))
     retain_before = mean_nll(model, tokenizer, RETAIN_TEXTS)
@@ -96,7 +96,7 @@ def test_npo_first_step_loss_is_two_over_beta_log_two(tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["grad_diff", "rmu"])
-def test_trainer_on_gpt2(name, tokenizer, tmp_path):
+def test_trainer_on_gpt2(name, tokenizer, trained_tiny, tmp_path):
     model = trained_tiny(tokenizer, "gpt2")
     before = mean_nll(model, tokenizer, FORGET_TEXTS)
     make_trainer(name, model, tokenizer, tmp_path).train()

@@ -91,27 +91,19 @@ RETAIN_TEXTS = [
 ]
 
 
-_TRAINED: dict = {}
-
-
-def trained_tiny(tokenizer, kind: str = "llama", steps: int = 80, layers: int = 2):
-    """A tiny model that has learned FORGET_TEXTS and RETAIN_TEXTS (cached per session), so unlearning has
-    something to remove: a random model already sits at the maximum-entropy NLL that ascent cannot raise much."""
-    build = tiny_llama if kind == "llama" else tiny_gpt2
-    key = (kind, layers, steps)
-    if key not in _TRAINED:
-        model = build(tokenizer, layers=layers)
-        batch = tokenizer(FORGET_TEXTS + RETAIN_TEXTS, padding=True, return_tensors="pt")
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for _ in range(steps):
-            loss = model(**batch, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        _TRAINED[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model = build(tokenizer, layers=layers)
-    model.load_state_dict(_TRAINED[key])
+def train_tiny(tokenizer, kind: str = "llama", steps: int = 80, layers: int = 2):
+    """A tiny model that has learned FORGET_TEXTS and RETAIN_TEXTS, so unlearning has something to remove: a random
+    model already sits at the maximum-entropy NLL that ascent cannot raise much. Tests get it through the
+    session fixture ``trained_tiny`` (conftest.py), which trains each kind once."""
+    model = (tiny_llama if kind == "llama" else tiny_gpt2)(tokenizer, layers=layers)
+    batch = tokenizer(FORGET_TEXTS + RETAIN_TEXTS, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
     return model
 
 

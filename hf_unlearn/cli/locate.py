@@ -45,7 +45,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--text", help="a text file about the concept (a paragraph or more)")
     parser.add_argument("--background", help="unrelated questions (and answers); default: built-in pool")
     parser.add_argument("--scorer", default="attribution", help="attribution, vocab or vocab,attribution")
-    parser.add_argument("--top-n", type=int, default=20, help="vectors to keep (default: 20)")
+    parser.add_argument("--top-n", default="auto",
+                        help="vectors to keep, or auto (default): the largest of 10/20/40/80 that hurts the concept's "
+                             "answers and spares the background's (hf_unlearn.concepts.set_size)")
     parser.add_argument("--layers", help="layers to search, e.g. 10,11,12 (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="length of generated answers (default: 32)")
     parser.add_argument("--output-dir", default=".", help="where concept_vectors.json goes (default: .)")
@@ -61,8 +63,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..evaluation import answer_questions
     from ..general_knowledge import general_knowledge
 
-    if args.top_n < 1:
-        raise CLIError(f"--top-n must be >= 1, got {args.top_n}")
+    if args.top_n != "auto":
+        if not str(args.top_n).isdigit() or int(args.top_n) < 1:
+            raise CLIError(f"--top-n must be 'auto' or a number >= 1, got {args.top_n!r}")
+        args.top_n = int(args.top_n)
     scorers = split_list(args.scorer, "--scorer", SCORERS)
     layers = parse_int_list(args.layers, "--layers")
     questions, answers = load_questions(args.questions)

@@ -4,6 +4,7 @@ from .ablation import ablate_concept_vector, ablate_concept_vectors
 from .audit import ENGLISH_STOPWORDS, AuditTable, audit_concept_vectors
 from .locate import (
     ConceptScores,
+    LocateOptions,
     attribution_scores,
     characteristic_tokens,
     contrastive_scores,
@@ -22,6 +23,7 @@ __all__ = [
     "AuditTable",
     "ConceptScores",
     "ConceptVector",
+    "LocateOptions",
     "ENGLISH_STOPWORDS",
     "ValidationResult",
     "SetSizeTrial",

@@ -35,9 +35,12 @@ from torch import nn
 from ..architectures import (
     check_same_layout,
     decoder_layers,
+    effective_unembedding,
+    effective_value_vectors,
     final_norm_gain,
     get_adapter,
     mlp_out_module,
+    peft_layers,
     underlying_model,
 )
 from ..atomic_files import atomic_write_json
@@ -63,72 +66,6 @@ ENGLISH_STOPWORDS: frozenset[str] = frozenset(
 )
 
 _MARKER = re.compile(r"^[\u2581\u0120\s]+")  # SentencePiece "▁" / byte-level BPE "Ġ" word-start markers
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Weights, with PEFT adapters resolved
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _effective_weight(module: nn.Module, include_adapters: bool) -> torch.Tensor:
-    """The weight ``module`` computes with, in its stored layout; unmerged LoRA deltas added when asked.
-
-    ``include_adapters=False`` gives the adapter-free base weight, used when the "original" model is the very base
-    model the PEFT adapters were injected into (``get_peft_model`` modifies it in place).
-    """
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # peft is a dependency, but the audit itself does not need it
-        BaseTunerLayer = ()  # noqa: N806
-    if hasattr(module, "original_module") and hasattr(module, "modules_to_save"):  # PEFT modules_to_save copy
-        active = [a for a in module.active_adapters if a in module.modules_to_save]
-        if include_adapters and active and not module.disable_adapters:
-            return module.modules_to_save[active[0]].weight
-        return module.original_module.weight
-    if not isinstance(module, BaseTunerLayer):
-        return module.weight
-    base = module.get_base_layer().weight
-    if not include_adapters:
-        if module.merged_adapters:
-            raise ValueError(
-                f"adapters {module.merged_adapters} are merged into the base weights, so the original weights cannot "
-                "be read from the same model: pass a separate copy of the original model"
-            )
-        return base
-    if module.disable_adapters:
-        return base
-    lora_a = getattr(module, "lora_A", None)
-    if lora_a is None or not hasattr(module, "get_delta_weight"):
-        raise ValueError(
-            f"cannot read the effective weight of the PEFT layer {type(module).__name__}: call merge_and_unload() "
-            "on the PEFT model first and audit the merged model"
-        )
-    pending = [a for a in module.active_adapters if a in lora_a and a not in module.merged_adapters]
-    variants = getattr(module, "lora_variant", {}) or {}
-    if any(variants.get(a) is not None for a in pending):
-        raise ValueError(
-            "the unlearned model has unmerged DoRA/LoRA-variant adapters whose weight is not base + delta: call "
-            "merge_and_unload() first and audit the merged model"
-        )
-    weight = base
-    for adapter in pending:
-        weight = weight + module.get_delta_weight(adapter).to(base.dtype)
-    return weight
-
-
-def _value_matrix(model: nn.Module, layer: int, include_adapters: bool) -> torch.Tensor:
-    """Layer ``layer``'s value vectors as a float32 ``(d_model, d_ff)`` matrix (column j = value vector j)."""
-    weight = _effective_weight(mlp_out_module(model, layer), include_adapters).detach()
-    weight = weight.T if get_adapter(model).transposed else weight
-    return weight.float()
-
-
-def _unembedding(model: nn.Module, include_adapters: bool) -> torch.Tensor:
-    return _effective_weight(underlying_model(model).get_output_embeddings(), include_adapters).detach().float()
-
-
-def _peft_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "merged_adapters") or hasattr(m, "original_module")]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -336,8 +273,8 @@ def audit_concept_vectors(
         if not 0 <= layer < n_layers:
             raise IndexError(f"layer {layer} out of range: the models have {n_layers} decoder layers")
 
-    embedding0 = _unembedding(base0, include0)
-    embedding1 = _unembedding(base1, True)
+    embedding0 = effective_unembedding(base0, include0)
+    embedding1 = effective_unembedding(base1, True)
     gain0 = final_norm_gain(base0) if apply_final_norm else None
     gain1 = final_norm_gain(base1) if apply_final_norm else None
     words = frozenset(w.lower() for w in stopwords) if stopwords is not None else ENGLISH_STOPWORDS
@@ -353,8 +290,8 @@ def audit_concept_vectors(
     layer_rows: list[dict[str, Any]] = []
     # One layer at a time: peak memory is two float32 copies of one MLP output matrix.
     for layer in tqdm(sorted(set(layer_set) | set(by_layer)), desc="Auditing layers", disable=not progress):
-        w0 = _value_matrix(base0, layer, include0)
-        w1 = _value_matrix(base1, layer, True)
+        w0 = effective_value_vectors(base0, layer, include0)
+        w1 = effective_value_vectors(base1, layer, True)
         if w0.shape != w1.shape:
             raise ValueError(
                 f"layer {layer}: value-vector matrices differ in shape (original {tuple(w0.shape)}, unlearned "
@@ -426,6 +363,6 @@ def audit_concept_vectors(
         "apply_final_norm": apply_final_norm,
         "same_model_object": same,
         "dtypes": list(dtypes) if dtypes else None,
-        "unlearned_has_peft_layers": bool(_peft_layers(base1)),
+        "unlearned_has_peft_layers": bool(peft_layers(base1)),
     }
     return AuditTable(vectors=[r for r in vector_rows if r is not None], layers=layer_rows, top_k=top_k, meta=meta)

@@ -26,29 +26,27 @@ Example:
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..architectures import decoder_layers, final_norm_gain, mlp_out_module, unembedding, value_vectors_view
-from ..data import UnlearningCollator, padding_id, tokenize_pair
-from ..eval_mode import eval_mode
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from ..general_knowledge import held_out_questions
-from ..losses import IGNORE_INDEX, sequence_log_probs
-from .projection import scan_value_vectors
+from .attribution import attribution_components, attribution_scores, contrastive_scores, rank_fusion
+from .projection import layer_list, vocab_scores
 from .records import ConceptVector
 from .set_size import choose_set_size
+from .tokens import characteristic_tokens, token_prior
 
 __all__ = [
     "SCORERS",
+    "ConceptData",
     "ConceptScores",
+    "LocateOptions",
     "attribution_scores",
     "characteristic_tokens",
     "contrastive_scores",
@@ -59,328 +57,6 @@ __all__ = [
 ]
 
 SCORERS = ("vocab", "attribution")
-
-
-# --------------------------------------------------------------------------------------------- characteristic tokens
-def _token_counts(tokenizer, texts: Sequence[str]) -> Counter:
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    counts: Counter = Counter()
-    for text in texts:
-        if text:
-            counts.update(t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t not in special)
-    return counts
-
-
-def token_prior(tokenizer) -> torch.Tensor:
-    """A tokenizer-level unigram distribution over the vocabulary, standing in for "general text" frequencies.
-
-    * Unigram models (SentencePiece/T5 style) store each piece's log-probability: used directly.
-    * BPE models: a token made by merge ``i`` was (roughly) the ``i``-th most frequent pair when the tokenizer was
-      trained, so a Zipf law over the merge rank, ``p ∝ 1 / (rank + 10)``; base characters get rank 100 (common
-      ones like "," or "e" should not look characteristic, rare bytes hardly ever appear in a concept's text).
-    * Anything else (WordLevel, slow tokenizers): uniform, i.e. no prior knowledge.
-
-    Example:
-        >>> prior = token_prior(tok)
-        >>> prior[tok.convert_tokens_to_ids("Ġthe")] > prior[tok.convert_tokens_to_ids("ĠPotter")]
-    """
-    size = len(tokenizer)
-    uniform = torch.full((size,), 1.0 / size, dtype=torch.float64)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return uniform
-    try:
-        spec = json.loads(backend.to_str())["model"]
-    except (ValueError, KeyError, AttributeError):
-        return uniform
-    if spec.get("type") == "Unigram" and spec.get("vocab"):
-        # Pieces are listed in id order as [piece, log-prob].
-        logp = torch.full((size,), -30.0, dtype=torch.float64)
-        scores = torch.tensor([float(score) for _, score in spec["vocab"]], dtype=torch.float64)[:size]
-        logp[: len(scores)] = scores
-        prior = logp.exp()
-        return prior / prior.sum()
-    if spec.get("type") == "BPE" and spec.get("merges"):
-        vocab = spec.get("vocab") or {}
-        rank = torch.full((size,), 100.0, dtype=torch.float64)
-        for index, merge in enumerate(spec["merges"]):
-            left, right = merge if isinstance(merge, (list, tuple)) else merge.split(" ", 1)
-            token_id = vocab.get(left + right)
-            if token_id is not None and token_id < size and rank[token_id] == 100.0:
-                rank[token_id] = float(index)
-        prior = 1.0 / (rank + 10.0)
-        return prior / prior.sum()
-    return uniform
-
-
-def characteristic_tokens(
-    tokenizer,
-    concept_texts: Sequence[str],
-    background_texts: Sequence[str] | None = None,
-    num_tokens: int = 50,
-    background_weight: float = 0.5,
-    smoothing: float = 0.5,
-    prior: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tokens that characterise a concept's text against a background: ``(token_ids, weights)``, best first.
-
-    Weight of token ``w`` = ``n_c(w) · log(p_c(w) / p_b(w))`` (its contribution to ``KL(p_c || p_b)``, a tf-idf
-    style score: frequent in the concept, rare in the background), keeping the ``num_tokens`` best with a positive
-    weight. ``p_c`` is the add-``smoothing`` unigram distribution of ``concept_texts``. ``p_b`` mixes the
-    background texts' unigram distribution (share ``background_weight``) with ``prior`` (default
-    :func:`token_prior`), which stands for general text when the background sample is small or absent, so " the"
-    or " of" do not look characteristic just because the background sample is short.
-
-    Example:
-        >>> ids, weights = characteristic_tokens(tok, ["Harry Potter", "Who wrote Harry Potter? J.K. Rowling"])
-        >>> tok.convert_ids_to_tokens(ids[:5])
-    """
-    concept = _token_counts(tokenizer, concept_texts)
-    if not concept:
-        raise ValueError("the concept has no text to derive characteristic tokens from")
-    background = _token_counts(tokenizer, background_texts or [])
-    vocab = len(tokenizer)
-    prior = token_prior(tokenizer) if prior is None else prior.double()
-    ids = torch.tensor(sorted(concept), dtype=torch.long)
-    n_c = torch.tensor([concept[i] for i in ids.tolist()], dtype=torch.float64)
-    p_c = (n_c + smoothing) / (n_c.sum() + smoothing * vocab)
-    p_b = prior[ids]
-    if background:
-        n_b = torch.tensor([background.get(i, 0) for i in ids.tolist()], dtype=torch.float64)
-        total_b = float(sum(background.values()))
-        p_b = background_weight * (n_b + smoothing) / (total_b + smoothing * vocab) + (1 - background_weight) * p_b
-    weights = n_c * torch.log(p_c / p_b)
-    keep = weights > 0
-    ids, weights = ids[keep], weights[keep]
-    order = weights.argsort(descending=True)[:num_tokens]
-    return ids[order], weights[order].float()
-
-
-# ------------------------------------------------------------------------------------------------------ vocab scorer
-@torch.no_grad()
-def vocab_scores(
-    model: nn.Module,
-    token_ids: torch.Tensor,
-    token_weights: torch.Tensor | None = None,
-    layers: Sequence[int] | None = None,
-    method: str = "moments",
-    chunk_size: int = 512,
-    apply_final_norm: bool = False,
-) -> dict[int, torch.Tensor]:
-    """How strongly each value vector's vocabulary projection promotes ``token_ids``: ``{layer: (d_ff,) scores}``.
-
-    Score of ``v`` = weighted mean over the tokens of the *standardised* logit ``(E_t · v - mean(E v)) / std(E v)``
-    (mean and std over the whole vocabulary), so a large-norm vector that promotes everything does not win. It is
-    the number of standard deviations by which the concept's tokens stand out in the vector's projection.
-
-    ``method="moments"`` (default) computes the vocabulary mean and variance exactly from the first two moments of
-    the unembedding (``mean = ē·v``, ``var = vᵀ Cov(E) v``): ``O(d_model²)`` memory, a fraction of a second for a
-    135M model. ``method="scan"`` computes the same numbers from the full projection with
-    :func:`scan_value_vectors` (memory: one ``(vocab, chunk_size)`` block; ~2 s per layer for SmolLM2-135M on two
-    CPU cores), useful as a cross-check.
-
-    Example:
-        >>> ids, w = characteristic_tokens(tok, concept_texts, background_texts)
-        >>> scores = vocab_scores(model, ids, w, layers=range(10, 20))  # {layer: tensor(d_ff)}
-    """
-    embedding = unembedding(model).detach().float()
-    device = embedding.device
-    token_ids = torch.as_tensor(token_ids, dtype=torch.long, device=device)
-    weights = torch.ones(len(token_ids)) if token_weights is None else torch.as_tensor(token_weights).float()
-    weights = (weights / weights.sum()).to(device)
-    layers = _layer_list(model, layers)
-    gain = final_norm_gain(model) if apply_final_norm else None
-    out: dict[int, torch.Tensor] = {}
-    if method == "scan":
-        def score_fn(logits: torch.Tensor) -> torch.Tensor:
-            # torch.std would be the unbiased estimate; the population one matches the moments method exactly.
-            mean = logits.mean(0)
-            std = (logits - mean).pow(2).mean(0).sqrt().clamp_min(1e-12)
-            return weights @ ((logits[token_ids] - mean) / std)
-
-        parts: dict[int, list[torch.Tensor]] = {}
-        for chunk in scan_value_vectors(
-            model, layers, top_k=1, chunk_size=chunk_size, apply_final_norm=apply_final_norm, score_fn=score_fn
-        ):
-            parts.setdefault(chunk.layer, []).append(chunk.extra.cpu())
-        return {layer: torch.cat(p) for layer, p in parts.items()}
-    if method != "moments":
-        raise ValueError(f"method={method!r}: choose 'moments' or 'scan'")
-    e_mean = embedding.mean(0)
-    covariance = embedding.T @ embedding / embedding.shape[0] - torch.outer(e_mean, e_mean)
-    rows = embedding[token_ids]  # (M, d_model)
-    for layer in layers:
-        values = value_vectors_view(model, layer).detach().float().to(device)  # (d_model, d_ff)
-        if gain is not None:
-            values = values * gain.detach().float().to(device)[:, None]
-        mean = e_mean @ values
-        std = (values * (covariance @ values)).sum(0).clamp_min(1e-24).sqrt()
-        out[layer] = (weights @ ((rows @ values - mean) / std)).cpu()
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ attribution scorer
-def _examples(
-    tokenizer,
-    questions: Sequence[str] | None,
-    answers: Sequence[str] | None,
-    text: str | Sequence[str] | None,
-    prompt_template: str,
-    max_length: int | None,
-    chat: bool = False,
-) -> list[dict[str, list[int]]]:
-    """Tokenised examples: prompt -> answer with -100 on the prompt, or plain text scored everywhere."""
-    features = []
-    if questions and answers:
-        if len(questions) != len(answers):
-            raise ValueError(f"{len(questions)} questions but {len(answers)} answers: pass one answer per question")
-        for question, answer in zip(questions, answers):
-            if chat:
-                prompt = [{"role": "user", "content": prompt_template.format(q=question)}]
-                completion = [{"role": "assistant", "content": answer}]
-            else:
-                prompt = prompt_template.format(q=question)
-                # The answer follows "Answer:" as a new word: give it the leading space a tokenizer expects there.
-                completion = answer if answer[:1].isspace() or prompt[-1:].isspace() else " " + answer
-            prompt_ids, completion_ids = tokenize_pair(tokenizer, prompt, completion)
-            ids = prompt_ids + completion_ids
-            labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
-            features.append({"input_ids": ids[:max_length], "labels": labels[:max_length]})
-    elif text:
-        for chunk in [text] if isinstance(text, str) else text:
-            ids = list(tokenizer(chunk)["input_ids"])[:max_length]
-            features.append({"input_ids": ids, "labels": list(ids)})
-    else:
-        raise ValueError("attribution needs questions with answers, or a text")
-    for feature in features:
-        feature["attention_mask"] = [1] * len(feature["input_ids"])
-    if all(all(x == IGNORE_INDEX for x in f["labels"][1:]) for f in features):
-        raise ValueError(f"no answer token is left to score (max_length={max_length} cut them off?)")
-    return features
-
-
-def attribution_scores(
-    model: nn.Module,
-    tokenizer,
-    questions: Sequence[str] | None = None,
-    answers: Sequence[str] | None = None,
-    text: str | Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    chat: bool = False,
-    batch_size: int | None = None,
-    max_length: int | None = 512,
-    reduction: str = "sum",
-) -> dict[int, torch.Tensor]:
-    """Activation × gradient of the answers' log-likelihood w.r.t. every MLP coefficient: ``{layer: (d_ff,)}``.
-
-    The objective is the mean over examples of the per-token mean log-probability of the answer tokens (teacher
-    forced; or of all tokens of ``text`` when no question/answer pairs are given). Score of ``(layer, j)`` =
-    ``Σ_examples Σ_positions c_j · ∂L/∂c_j``: zeroing value vector ``j`` removes ``c_j · v_j`` at every position, so
-    this is the first-order estimate of the log-likelihood it supports. Positive = its presence supports the answers
-    (ablating it should lower their log-probability).
-
-    ``reduction``: ``"sum"`` over examples (signed: what the vector does to the mean log-likelihood), ``"abs_sum"``
-    (the sum of per-example magnitudes: a vector that helps one answer and hurts another is not "neutral", which is
-    what a background needs) or ``"none"`` (``{layer: (n_examples, d_ff)}``).
-
-    All layers in one forward and one backward per batch (``batch_size=None``: a single batch). A pre-hook on each
-    MLP output module adds a zero tensor that requires grad to its input; ``torch.autograd.grad`` w.r.t. those
-    tensors gives ``∂L/∂c`` without ever writing ``.grad`` on the parameters, and works on frozen models too. The
-    model runs in eval mode (no dropout) and gets its mode back; hooks are removed even on error.
-
-    Memory: the usual activations of one training step for the batch, plus one ``(batch, seq, d_ff)`` tensor per
-    hooked layer (SmolLM2-135M, 5 short QA pairs: well under 1 GB); lower ``batch_size`` for long texts.
-
-    Example:
-        >>> a = attribution_scores(model, tok, questions=["Who wrote Harry Potter?"], answers=["J.K. Rowling"])
-        >>> a[12].topk(10)
-    """
-    if reduction not in ("sum", "abs_sum", "none"):
-        raise ValueError(f"reduction={reduction!r}: choose 'sum', 'abs_sum' or 'none'")
-    features = _examples(tokenizer, questions, answers, text, prompt_template, max_length, chat)
-    layers = _layer_list(model, layers)
-    modules = {layer: mlp_out_module(model, layer) for layer in layers}
-    pad_id = padding_id(tokenizer)
-    collate = UnlearningCollator(pad_id)
-    device = next(model.parameters()).device
-    per_example: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    step = batch_size or len(features)
-    handles = []
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            if not args:
-                raise RuntimeError(f"the MLP output module of layer {layer} was called without a positional input")
-            coefficients = args[0]
-            # Adding a zero leaf keeps the graph intact (earlier layers still see gradients through this MLP) and
-            # makes the coefficients differentiable even when every parameter is frozen.
-            delta = torch.zeros_like(coefficients, requires_grad=True)
-            captured[layer] = (coefficients.detach(), delta)
-            return (coefficients + delta, *args[1:])
-
-        return hook
-
-    with eval_mode(model):
-        try:
-            for layer, module in modules.items():
-                handles.append(module.register_forward_pre_hook(make_hook(layer)))
-            for start in range(0, len(features), step):
-                captured.clear()
-                # Also inside a caller's no_grad / inference_mode block: the scores need a backward pass (and tensors
-                # made under inference mode, the batch included, could not be saved for it).
-                with torch.inference_mode(False), torch.enable_grad():
-                    batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    sums, counts = sequence_log_probs(logits, batch["labels"])
-                    # Per-example mean over answer tokens, summed over the batch: total / len(features) is the mean.
-                    objective = (sums / counts.clamp(min=1)).sum() / len(features)
-                    missing = [layer for layer in layers if layer not in captured]
-                    if missing:
-                        raise RuntimeError(f"the forward pass never reached the MLP output module of layers {missing}")
-                    grads = torch.autograd.grad(objective, [captured[layer][1] for layer in layers], allow_unused=True)
-                mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)
-                for layer, grad in zip(layers, grads):
-                    activation = captured[layer][0]
-                    if grad is None:  # the layer cannot influence the objective (e.g. it only sees padding)
-                        grad = torch.zeros_like(activation)
-                    # Sum over positions within each example: the net effect on that example's log-likelihood.
-                    per_example[layer].append((activation.float() * grad.float() * mask).sum(1).double().cpu())
-                del logits, grads
-                captured.clear()
-        finally:
-            for handle in handles:
-                handle.remove()
-            captured.clear()
-    out = {layer: torch.cat(parts) for layer, parts in per_example.items()}
-    if reduction == "sum":
-        return {layer: values.sum(0).float() for layer, values in out.items()}
-    if reduction == "abs_sum":
-        return {layer: values.abs().sum(0).float() for layer, values in out.items()}
-    return {layer: values.float() for layer, values in out.items()}
-
-
-def contrastive_scores(
-    concept: dict[int, torch.Tensor],
-    background: dict[int, torch.Tensor],
-    constant: float | None = None,
-) -> dict[int, torch.Tensor]:
-    """``concept / (|background| + constant)``: high for vectors that support the concept but not everything else.
-
-    ``background`` is best the ``reduction="abs_sum"`` attribution (per-example magnitudes, so effects on different
-    background answers cannot cancel out). ``constant`` (default: half the mean ``|background|`` over all scored
-    vectors) sets how far a tiny background attribution is trusted: with 0 a vector that does nothing anywhere
-    could win on noise; a very large constant gives back the plain concept attribution.
-
-    Example:
-        >>> c = attribution_scores(model, tok, questions=hp_q, answers=hp_a)
-        >>> s = contrastive_scores(c, attribution_scores(model, tok, bg_q, bg_a, reduction="abs_sum"))
-    """
-    if constant is None:
-        constant = 0.5 * float(torch.cat([b.abs() for b in background.values()]).mean())
-    constant = max(constant, 1e-12)
-    return {layer: concept[layer] / (background[layer].abs() + constant) for layer in concept}
 
 
 # --------------------------------------------------------------------------------------------------------- results
@@ -464,28 +140,82 @@ class ConceptScores:
 
 
 # ------------------------------------------------------------------------------------------------------- front door
-def _layer_list(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
-    count = len(decoder_layers(model))
-    if layers is None:
-        return list(range(count))
-    out = sorted({int(layer) % count if -count <= int(layer) < 0 else int(layer) for layer in layers})
-    bad = [layer for layer in out if not 0 <= layer < count]
-    if bad:
-        raise IndexError(f"layers {bad} out of range: the model has {count} decoder layers")
-    return out
+@dataclass
+class LocateOptions:
+    """How :func:`score_value_vectors` and :func:`locate_concept_vectors` score; every field is also accepted as a
+    keyword argument of both.
+
+    Parameters:
+        scorer: ``"attribution"`` (contrastive activation × gradient, see :func:`attribution_scores`), ``"vocab"``
+            (vocabulary projection onto the concept's characteristic tokens, see :func:`vocab_scores`; weights only)
+            or ``("vocab", "attribution")`` (reciprocal rank fusion of both).
+        layers: the layers to search (default all).
+        prompt_template, chat: how questions and answers are teacher forced: after
+            ``prompt_template.format(q=question)``, or with ``chat=True`` that prompt as the user turn and the answer
+            as the assistant turn of the tokenizer's chat template.
+        attribution_data: ``"qa"`` (answer log-likelihood), ``"text"`` (LM log-likelihood of each text, one sequence
+            per string: pass a paragraph as one string so later sentences see the concept in context), ``"both"``
+            (each contrasted with its own kind of background, then rank-fused) or ``"auto"`` (``"both"`` when
+            questions with answers and a text are given, else whichever is there).
+        contrastive, contrast_constant: see :func:`contrastive_scores`.
+        num_tokens: how many characteristic tokens the vocab scorer uses.
+        vocab_method, apply_final_norm: see :func:`vocab_scores`.
+        batch_size, max_length: attribution batching (``None``: one forward and one backward) and truncation.
+        progress: show a progress bar over the scoring passes.
+    """
+
+    scorer: str | Sequence[str] = "attribution"
+    layers: Sequence[int] | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    chat: bool = False
+    attribution_data: str = "auto"
+    contrastive: bool = True
+    contrast_constant: float | None = None
+    num_tokens: int = 50
+    vocab_method: str = "moments"
+    apply_final_norm: bool = False
+    batch_size: int | None = None
+    max_length: int | None = 512
+    progress: bool = True
+
+    @classmethod
+    def build(cls, options: LocateOptions | None, values: dict[str, Any]) -> LocateOptions:
+        """``options`` (or the defaults) with ``values`` overriding fields; an unknown name is a clear error."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown locate option(s) {unknown}: choose from {[f.name for f in fields(cls)]}")
+        return replace(options or cls(), **values)
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        names = (self.scorer,) if isinstance(self.scorer, str) else tuple(self.scorer)
+        if not names or any(name not in SCORERS for name in names):
+            raise ValueError(f"scorer={self.scorer!r}: choose 'vocab', 'attribution' or both as a tuple")
+        return names
 
 
-def _rank_fusion(parts: list[dict[int, torch.Tensor]], k: float = 60.0) -> dict[int, torch.Tensor]:
-    """Reciprocal rank fusion ``Σ_s 1 / (k + rank_s)``: needs no common scale, rewards being high in every list."""
-    layers = sorted(parts[0])
-    sizes = [len(parts[0][layer]) for layer in layers]
-    fused = torch.zeros(sum(sizes), dtype=torch.float64)
-    for part in parts:
-        values = torch.cat([part[layer].float() for layer in layers])
-        ranks = torch.empty_like(values, dtype=torch.float64)
-        ranks[torch.sort(-values, stable=True).indices] = torch.arange(len(values), dtype=torch.float64)
-        fused += 1.0 / (k + ranks)
-    return {layer: chunk.float() for layer, chunk in zip(layers, fused.split(sizes))}
+@dataclass
+class ConceptData:
+    """What the locator learns a concept from, and the unrelated background it contrasts against."""
+
+    questions: list[str] = field(default_factory=list)
+    answers: list[str] | None = None
+    texts: list[str] = field(default_factory=list)
+    background_questions: list[str] = field(default_factory=list)
+    background_answers: list[str] | None = None
+    background_texts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, questions=None, answers=None, text=None, background_questions=None, background_answers=None,
+           background_text=None) -> ConceptData:
+        return cls(
+            questions=list(questions or []),
+            answers=None if answers is None else list(answers),
+            texts=_as_list(text),
+            background_questions=list(background_questions or []),
+            background_answers=None if background_answers is None else list(background_answers),
+            background_texts=_as_list(background_text),
+        )
 
 
 def _as_list(text: str | Sequence[str] | None) -> list[str]:
@@ -505,130 +235,52 @@ def score_value_vectors(
     background_questions: Sequence[str] | None = None,
     background_answers: Sequence[str] | None = None,
     background_text: str | Sequence[str] | None = None,
-    scorer: str | Sequence[str] = "attribution",
-    layers: Sequence[int] | None = None,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    chat: bool = False,
-    attribution_data: str = "auto",
-    contrastive: bool = True,
-    contrast_constant: float | None = None,
-    num_tokens: int = 50,
-    vocab_method: str = "moments",
-    apply_final_norm: bool = False,
-    batch_size: int | None = None,
-    max_length: int | None = 512,
-    progress: bool = True,
+    options: LocateOptions | None = None,
+    **option_values: Any,
 ) -> ConceptScores:
-    """Score every value vector of ``layers`` for ``concept``; arguments as in :func:`locate_concept_vectors`.
+    """Score every value vector of the searched layers for ``concept``; the data as in
+    :func:`locate_concept_vectors`, the scoring by :class:`LocateOptions` (or its fields as keywords).
 
-    ``attribution_data``: ``"qa"`` (answer log-likelihood), ``"text"`` (LM log-likelihood of each text, one
-    sequence per string: pass a paragraph as one string so later sentences see the concept in context), ``"both"``
-    (each contrasted with its own kind of background, then rank-fused) or ``"auto"`` (``"both"`` when questions with
-    answers and a text are given, else whichever is there). On SmolLM2-135M, adding the text made the located set
-    generalise to held-out questions about the same concept (examples/locate_concept.py).
+    On SmolLM2-135M, adding the text to the questions made the located set generalise to held-out questions about the
+    same concept (examples/locate_concept.py).
 
     Example:
         >>> result = score_value_vectors(model, tok, "Paris", questions=qs, answers=ans, scorer="vocab")
         >>> result.components["vocab"][12].topk(5)
     """
-    names = (scorer,) if isinstance(scorer, str) else tuple(scorer)
-    unknown = [name for name in names if name not in SCORERS]
-    if not names or unknown:
-        raise ValueError(f"scorer={scorer!r}: choose 'vocab', 'attribution' or both as a tuple")
-    questions, background_questions = list(questions or []), list(background_questions or [])
-    answers_list = None if answers is None else list(answers)
-    background_answers_list = None if background_answers is None else list(background_answers)
-    texts, background_texts = _as_list(text), _as_list(background_text)
-    layers = _layer_list(model, layers)
+    options = LocateOptions.build(options, option_values)
+    names = options.scorers
+    data = ConceptData.of(questions, answers, text, background_questions, background_answers, background_text)
+    layers = layer_list(model, options.layers)
     result = ConceptScores(
         concept=concept,
         ranking={},
-        questions=questions,
-        answers=answers_list,
-        source_text="\n\n".join(texts),
-        background_questions=background_questions,
+        questions=data.questions,
+        answers=data.answers,
+        source_text="\n\n".join(data.texts),
+        background_questions=data.background_questions,
     )
     ranked: list[dict[int, torch.Tensor]] = []
-    bar = tqdm(total=len(names), desc=f"Locating {concept!r}", disable=not progress)
+    bar = tqdm(total=len(names), desc=f"Locating {concept!r}", disable=not options.progress)
     if "vocab" in names:
         # The concept's own words; answers get a leading space, the form they take inside running text.
-        concept_texts = [" " + concept, *questions, *(" " + a for a in answers_list or []), *texts]
-        background_all = [*background_questions, *(" " + a for a in background_answers_list or []), *background_texts]
-        ids, weights = characteristic_tokens(tokenizer, concept_texts, background_all, num_tokens=num_tokens)
+        concept_texts = [" " + concept, *data.questions, *(" " + a for a in data.answers or []), *data.texts]
+        background_all = [*data.background_questions, *(" " + a for a in data.background_answers or []),
+                          *data.background_texts]
+        ids, weights = characteristic_tokens(tokenizer, concept_texts, background_all, num_tokens=options.num_tokens)
         result.token_ids, result.token_weights = ids, weights
         result.components["vocab"] = vocab_scores(
-            model, ids, weights, layers, method=vocab_method, apply_final_norm=apply_final_norm
+            model, ids, weights, layers, method=options.vocab_method, apply_final_norm=options.apply_final_norm
         )
         ranked.append(result.components["vocab"])
         bar.update(1)
     if "attribution" in names:
-        result.components.update(
-            _attribution_components(
-                model, tokenizer, questions, answers_list, texts, background_questions, background_answers_list,
-                background_texts, layers=layers, prompt_template=prompt_template, chat=chat,
-                attribution_data=attribution_data, contrastive=contrastive, contrast_constant=contrast_constant,
-                batch_size=batch_size, max_length=max_length, bar=bar,
-            )
-        )
+        result.components.update(attribution_components(model, tokenizer, data, options, layers, bar=bar))
         ranked.append(result.components["attribution"])
         bar.update(1)
     bar.close()
-    result.ranking = ranked[0] if len(ranked) == 1 else _rank_fusion(ranked)
+    result.ranking = ranked[0] if len(ranked) == 1 else rank_fusion(ranked)
     return result
-
-
-def _attribution_components(
-    model, tokenizer, questions, answers, texts, background_questions, background_answers, background_texts, *,
-    layers, prompt_template, chat, attribution_data, contrastive, contrast_constant, batch_size, max_length, bar=None,
-) -> dict[str, dict[int, torch.Tensor]]:
-    """Concept, background and contrastive attributions per data kind, fused into ``"attribution"``."""
-    has_qa = bool(questions and answers)
-    if attribution_data not in ("auto", "qa", "text", "both"):
-        raise ValueError(f"attribution_data={attribution_data!r}: choose 'auto', 'qa', 'text' or 'both'")
-    kinds = {"auto": [k for k, ok in (("qa", has_qa), ("text", bool(texts))) if ok], "qa": ["qa"], "text": ["text"],
-             "both": ["qa", "text"]}[attribution_data]
-    if not kinds or ("qa" in kinds and not has_qa) or ("text" in kinds and not texts):
-        raise ValueError(
-            f"attribution_data={attribution_data!r} needs {' and '.join(kinds) or 'questions with answers or a text'}"
-            f" for the concept: got {len(questions)} questions, {len(answers or [])} answers, {len(texts)} texts"
-        )
-    common = dict(
-        layers=layers, prompt_template=prompt_template, chat=chat, batch_size=batch_size, max_length=max_length
-    )
-    data = {"qa": dict(questions=questions, answers=answers), "text": dict(text=texts)}
-    background_data = {
-        "qa": dict(questions=background_questions, answers=background_answers)
-        if background_questions and background_answers else None,
-        "text": dict(text=background_texts) if background_texts else None,
-    }
-    out: dict[str, dict[int, torch.Tensor]] = {}
-    fused = []
-    for kind in kinds:
-        suffix = f"_{kind}" if len(kinds) > 1 else ""
-        if bar is not None:
-            bar.set_postfix_str(f"attribution on {kind}")
-        concept_attr = attribution_scores(model, tokenizer, **data[kind], **common)
-        out[f"attribution{suffix}_concept"] = concept_attr
-        score = concept_attr
-        if contrastive:
-            # A QA concept is contrasted with background QA, a text with background text: same format, so the
-            # generic "answer formatting" or "fluent text" neurons cancel.
-            background = background_data[kind] or background_data["text" if kind == "qa" else "qa"]
-            if background is None:
-                warnings.warn(
-                    "no background questions/answers or text: using the plain (non-contrastive) attribution, whose "
-                    "top vectors are often generic high-magnitude neurons; pass background data to avoid them",
-                    stacklevel=3,
-                )
-            else:
-                background_attr = attribution_scores(model, tokenizer, **background, **common, reduction="abs_sum")
-                out[f"attribution{suffix}_background"] = background_attr
-                score = contrastive_scores(concept_attr, background_attr, contrast_constant)
-        out[f"attribution{suffix}"] = score
-        fused.append(score)
-    if len(fused) > 1:
-        out["attribution"] = _rank_fusion(fused)
-    return out
 
 
 def locate_concept_vectors(
@@ -642,44 +294,23 @@ def locate_concept_vectors(
     background_questions: Sequence[str] | None = None,
     background_answers: Sequence[str] | None = None,
     background_text: str | Sequence[str] | None = None,
-    scorer: str | Sequence[str] = "attribution",
-    layers: Sequence[int] | None = None,
     top_n: int | str = "auto",
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    chat: bool = False,
-    attribution_data: str = "auto",
-    contrastive: bool = True,
-    contrast_constant: float | None = None,
-    num_tokens: int = 50,
-    vocab_method: str = "moments",
-    apply_final_norm: bool = False,
-    batch_size: int | None = None,
-    max_length: int | None = 512,
-    progress: bool = True,
+    options: LocateOptions | None = None,
+    **option_values: Any,
 ) -> list[ConceptVector]:
     """The ``top_n`` value vectors most specific to ``concept``, as :class:`ConceptVector` records, best first.
 
     Args:
-        questions, answers: the concept's questions and short gold answers, teacher forced after
-            ``prompt_template.format(q=question)`` (``chat=True``: that prompt as the user turn and the answer as the
-            assistant turn of the tokenizer's chat template).
+        questions, answers: the concept's questions and short gold answers.
         text: a paragraph (or several) about the concept: vocab scorer input, and LM-likelihood attribution data.
         background_questions, background_answers, background_text: unrelated general knowledge in the same formats;
             the contrast that keeps generic vectors out (and the vocab scorer's background).
-        scorer: ``"attribution"`` (contrastive activation × gradient, see :func:`attribution_scores`),
-            ``"vocab"`` (vocabulary projection onto the concept's characteristic tokens, see :func:`vocab_scores`;
-            weights only) or ``("vocab", "attribution")`` (reciprocal rank fusion of both).
-        layers: the layers to search (default all).
         top_n: size of the returned set (a concept is spread over many vectors in a small model: ablate the set).
             ``"auto"``: with gold answers for the concept's and the background's questions, the largest of 10, 20,
             40, 80 that hurts the concept and spares the background (:func:`~hf_unlearn.concepts.set_size.
             choose_set_size`, measured on the locator's own data only); without them, 20.
-        attribution_data: ``"qa"``, ``"text"``, ``"both"`` or ``"auto"``, see :func:`score_value_vectors`.
-        contrastive, contrast_constant: see :func:`contrastive_scores`.
-        num_tokens: how many characteristic tokens the vocab scorer uses.
-        vocab_method, apply_final_norm: see :func:`vocab_scores`.
-        batch_size, max_length: attribution batching (``None``: one forward and one backward) and truncation.
-        progress: show a progress bar over the scoring passes.
+        options, **option_values: how to score, a :class:`LocateOptions` and/or its fields as keywords
+            (``scorer=``, ``layers=``, ``prompt_template=``, ...).
 
     Each record carries the concept's data and ``scores`` with every component score at its location, the ranking
     ``"score"`` and the ``"rank"``. Use :func:`score_value_vectors` to keep all the scores and pick other sets.
@@ -691,33 +322,15 @@ def locate_concept_vectors(
     """
     if top_n != "auto" and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise ValueError(f"top_n must be a positive number of vectors or 'auto' (got {top_n!r})")
+    options = LocateOptions.build(options, option_values)
     result = score_value_vectors(
-        model,
-        tokenizer,
-        concept,
-        questions=questions,
-        answers=answers,
-        text=text,
-        background_questions=background_questions,
-        background_answers=background_answers,
-        background_text=background_text,
-        scorer=scorer,
-        layers=layers,
-        prompt_template=prompt_template,
-        chat=chat,
-        attribution_data=attribution_data,
-        contrastive=contrastive,
-        contrast_constant=contrast_constant,
-        num_tokens=num_tokens,
-        vocab_method=vocab_method,
-        apply_final_norm=apply_final_norm,
-        batch_size=batch_size,
-        max_length=max_length,
-        progress=progress,
+        model, tokenizer, concept, questions=questions, answers=answers, text=text,
+        background_questions=background_questions, background_answers=background_answers,
+        background_text=background_text, options=options,
     )
     if top_n == "auto":
         top_n = 20
         if questions and answers and background_questions and background_answers:
             top_n, _ = choose_set_size(model, tokenizer, result, questions, answers, background_questions,
-                                       background_answers, prompt_template=prompt_template, chat=chat)
+                                       background_answers, prompt_template=options.prompt_template, chat=options.chat)
     return result.to_records(top_n)

@@ -95,3 +95,76 @@ def scan_value_vectors(
             dims = torch.arange(start, start + block.shape[1])
             yield VocabChunk(layer, dims, ids, scores, extra)
             del logits
+
+
+def layer_list(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    count = len(decoder_layers(model))
+    if layers is None:
+        return list(range(count))
+    out = sorted({int(layer) % count if -count <= int(layer) < 0 else int(layer) for layer in layers})
+    bad = [layer for layer in out if not 0 <= layer < count]
+    if bad:
+        raise IndexError(f"layers {bad} out of range: the model has {count} decoder layers")
+    return out
+
+
+@torch.no_grad()
+def vocab_scores(
+    model: nn.Module,
+    token_ids: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    method: str = "moments",
+    chunk_size: int = 512,
+    apply_final_norm: bool = False,
+) -> dict[int, torch.Tensor]:
+    """How strongly each value vector's vocabulary projection promotes ``token_ids``: ``{layer: (d_ff,) scores}``.
+
+    Score of ``v`` = weighted mean over the tokens of the *standardised* logit ``(E_t · v - mean(E v)) / std(E v)``
+    (mean and std over the whole vocabulary), so a large-norm vector that promotes everything does not win. It is
+    the number of standard deviations by which the concept's tokens stand out in the vector's projection.
+
+    ``method="moments"`` (default) computes the vocabulary mean and variance exactly from the first two moments of
+    the unembedding (``mean = ē·v``, ``var = vᵀ Cov(E) v``): ``O(d_model²)`` memory, a fraction of a second for a
+    135M model. ``method="scan"`` computes the same numbers from the full projection with
+    :func:`scan_value_vectors` (memory: one ``(vocab, chunk_size)`` block; ~2 s per layer for SmolLM2-135M on two
+    CPU cores), useful as a cross-check.
+
+    Example:
+        >>> ids, w = characteristic_tokens(tok, concept_texts, background_texts)
+        >>> scores = vocab_scores(model, ids, w, layers=range(10, 20))  # {layer: tensor(d_ff)}
+    """
+    embedding = unembedding(model).detach().float()
+    device = embedding.device
+    token_ids = torch.as_tensor(token_ids, dtype=torch.long, device=device)
+    weights = torch.ones(len(token_ids)) if token_weights is None else torch.as_tensor(token_weights).float()
+    weights = (weights / weights.sum()).to(device)
+    layers = layer_list(model, layers)
+    gain = final_norm_gain(model) if apply_final_norm else None
+    out: dict[int, torch.Tensor] = {}
+    if method == "scan":
+        def score_fn(logits: torch.Tensor) -> torch.Tensor:
+            # torch.std would be the unbiased estimate; the population one matches the moments method exactly.
+            mean = logits.mean(0)
+            std = (logits - mean).pow(2).mean(0).sqrt().clamp_min(1e-12)
+            return weights @ ((logits[token_ids] - mean) / std)
+
+        parts: dict[int, list[torch.Tensor]] = {}
+        for chunk in scan_value_vectors(
+            model, layers, top_k=1, chunk_size=chunk_size, apply_final_norm=apply_final_norm, score_fn=score_fn
+        ):
+            parts.setdefault(chunk.layer, []).append(chunk.extra.cpu())
+        return {layer: torch.cat(p) for layer, p in parts.items()}
+    if method != "moments":
+        raise ValueError(f"method={method!r}: choose 'moments' or 'scan'")
+    e_mean = embedding.mean(0)
+    covariance = embedding.T @ embedding / embedding.shape[0] - torch.outer(e_mean, e_mean)
+    rows = embedding[token_ids]  # (M, d_model)
+    for layer in layers:
+        values = value_vectors_view(model, layer).detach().float().to(device)  # (d_model, d_ff)
+        if gain is not None:
+            values = values * gain.detach().float().to(device)[:, None]
+        mean = e_mean @ values
+        std = (values * (covariance @ values)).sum(0).clamp_min(1e-24).sqrt()
+        out[layer] = (weights @ ((rows @ values - mean) / std)).cpu()
+    return out

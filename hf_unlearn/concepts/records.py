@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import numbers
+import operator
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
@@ -210,6 +213,79 @@ def as_vector_refs(vectors: VectorRef | Iterable[VectorRef]) -> list[VectorRef]:
     if not out:
         raise ValueError("no concept vector given")
     return out
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # int, numpy integer
+        except TypeError:
+            pass
+    raise ValueError(f"{what} must be an integer, got {value!r}")
+
+
+def _parse_string(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"concept_vectors={text!r} is not valid JSON: {error}") from None
+    pairs = [p for p in re.split(r"[\s,;]+", text) if p]
+    out = []
+    for pair in pairs:
+        parts = pair.split(":")
+        if len(parts) != 2:
+            raise ValueError(
+                f"concept_vectors={text!r}: {pair!r} is not 'layer:dim'; write e.g. '20:10513,21:398' or the JSON "
+                "'[[20, 10513], [21, 398]]'"
+            )
+        out.append([_as_int(parts[0], f"the layer of {pair!r}"), _as_int(parts[1], f"the dim of {pair!r}")])
+    return out
+
+
+def _is_location(value: Any) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)
+    )
+
+
+def normalize_concept_vectors(vectors: Any, source: str = "concept_vectors") -> list[tuple[int, int]]:
+    """``(layer, dim)`` pairs from ``ConceptVector`` records, ``(layer, dim)`` pairs (one or a list) or a string.
+
+    Strings (the command line) are JSON (``"[[20, 10513], [21, 398]]"``) or ``"20:10513,21:398"``. Raises
+    ``ValueError`` for an empty selection, a malformed entry, a negative index or a vector listed twice.
+    """
+    if isinstance(vectors, str):
+        vectors = _parse_string(vectors)
+    if isinstance(vectors, ConceptVector) or _is_location(vectors):
+        vectors = [vectors]
+    if not isinstance(vectors, Iterable):
+        raise ValueError(f"{source} must be a list of (layer, dim) pairs or ConceptVector records, got {vectors!r}")
+    locations: list[tuple[int, int]] = []
+    for entry in vectors:
+        if isinstance(entry, ConceptVector):
+            layer, dim = entry.location
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+            layer, dim = entry
+        else:
+            raise ValueError(
+                f"{source}: {entry!r} is not a (layer, dim) pair or a ConceptVector; write e.g. [[20, 10513]]"
+            )
+        layer = _as_int(layer, f"{source}: the layer of {entry!r}")
+        dim = _as_int(dim, f"{source}: the dim of {entry!r}")
+        if layer < 0 or dim < 0:
+            raise ValueError(f"{source}: ({layer}, {dim}) has a negative index; layers and dims count from 0")
+        if (layer, dim) in locations:
+            raise ValueError(f"{source}: the concept vector ({layer}, {dim}) is listed twice")
+        locations.append((layer, dim))
+    if not locations:
+        raise ValueError(f"{source} is empty: give at least one concept vector (layer, dim)")
+    return locations
 
 
 def load_concept_vectors(path_or_hub_id: str | os.PathLike, split: str = "train") -> list[ConceptVector]:

@@ -25,6 +25,11 @@ from ..data import UnlearningCollator, ensure_pad_token
 from .checkpoints import resolve_resume_checkpoint
 
 
+def default_bf16(fp16: bool, use_cpu: bool) -> bool:
+    """``bf16=None`` resolved: on when a bf16-capable GPU will run the training and fp16 is off."""
+    return not fp16 and not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 @dataclass
 class BaseConfig(TrainingArguments):
     r"""
@@ -80,9 +85,7 @@ class BaseConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.bf16 is None:
-            self.bf16 = (
-                not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            )
+            self.bf16 = default_bf16(self.fp16, self.use_cpu)
         if self.use_cpu or not torch.cuda.is_available():
             # Pinned memory only helps host-to-GPU copies; on a CPU run torch warns about it at every epoch.
             self.dataloader_pin_memory = False
