@@ -136,8 +136,11 @@ def test_lora_uses_disabled_adapter_as_reference(tokenizer, tmp_path):
             assert torch.equal(value, base[key.replace("base_layer.", "")])
 
 
-def _one_sgd_step(name, tokenizer, tmp_path, batch, accumulation):
+def _one_sgd_step(name, tokenizer, tmp_path, batch, accumulation, calls=None, **overrides):
+    """Weights after one SGD step (lr 1); ``calls`` (a list) gets one entry per forward call of the model."""
     model = tiny_llama(tokenizer, seed=1)
+    if calls is not None:
+        model.register_forward_pre_hook(lambda module, args: calls.append(1))
     data = forget_data(name)
     # Uneven lengths, so token- and sequence-level normalisation differ.
     if name != "idk_dpo":
@@ -153,7 +156,7 @@ def _one_sgd_step(name, tokenizer, tmp_path, batch, accumulation):
         lr_scheduler_type="constant",
         warmup_steps=0,
     )
-    args = config(config_cls, tmp_path / f"{batch}x{accumulation}", **{**extra, **step})
+    args = config(config_cls, tmp_path / f"{batch}x{accumulation}", **{**extra, **step, **overrides})
     retain = RETAIN_TEXTS if args.retain_loss != "none" else None
     trainer_cls(model, args, train_dataset=data, retain_dataset=retain, processing_class=tokenizer).train()
     return model.state_dict(), trainer_cls
@@ -168,6 +171,49 @@ def test_gradient_accumulation_matches_full_batch(name, tokenizer, tmp_path):
     assert moved > 1e-4
     for key in full:
         torch.testing.assert_close(accumulated[key], full[key], atol=2e-6, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [(n, {}) for n in sorted(METHODS) if METHODS[n][0].plain_forget_forward and METHODS[n][2].get("retain_loss",
+     hu.get_method(n).default_retain_loss) != "none"] + [("npo", {"retain_loss": "kl"})],
+)
+def test_one_concatenated_pass_gives_the_same_update(name, overrides, tokenizer, tmp_path):
+    separate_calls, shared_calls = [], []
+    separate, _ = _one_sgd_step(name, tokenizer, tmp_path / "a", 2, 2, calls=separate_calls,
+                                retain_forward="separate", **overrides)
+    shared, _ = _one_sgd_step(name, tokenizer, tmp_path / "b", 2, 2, calls=shared_calls,
+                              retain_forward="concatenated", **overrides)
+    # One pass instead of two per micro-batch (forget and retain batches of different lengths: padding is used).
+    assert len(shared_calls) == len(separate_calls) - 2
+    default_calls = []
+    _one_sgd_step(name, tokenizer, tmp_path / "c", 2, 2, calls=default_calls, **overrides)
+    assert len(default_calls) == len(shared_calls)  # "auto" shares the pass where the method allows it
+    for key in separate:
+        torch.testing.assert_close(shared[key], separate[key], atol=2e-6, rtol=1e-5, msg=key)
+
+
+def test_concatenated_pass_with_a_peft_reference_keeps_the_reference_apart(tokenizer, tmp_path):
+    """With PEFT the reference is the same module with the adapter disabled: it must never get the shared logits."""
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    finals = []
+    for mode in ("separate", "concatenated"):
+        trainer = make_trainer("npo", tiny_llama(tokenizer, seed=1), tokenizer, tmp_path / mode, peft_config=lora,
+                               args={"retain_loss": "kl", "retain_forward": mode, "max_steps": 3,
+                                     "learning_rate": 5e-2})
+        trainer.train()
+        finals.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k})
+    for key in finals[0]:
+        torch.testing.assert_close(finals[1][key], finals[0][key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("name", ["idk_dpo", "rmu"])
+def test_methods_that_cannot_share_the_pass_say_so(name, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="cannot run its forget and retain batches in one pass"):
+        make_trainer(name, tiny_llama(tokenizer), tokenizer, tmp_path, args={"retain_forward": "concatenated"})
+    make_trainer(name, tiny_llama(tokenizer), tokenizer, tmp_path, args={"retain_forward": "auto"})  # separate
+    with pytest.raises(ValueError, match="retain_forward='both'"):
+        config(METHODS[name][1], tmp_path, retain_forward="both")
 
 
 @pytest.mark.parametrize("name", ["npo", "rmu"])

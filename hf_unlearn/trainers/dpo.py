@@ -73,6 +73,7 @@ class IdkDPOTrainer(UnlearningTrainer):
     forget_normalization = "sequences"
     forget_uses_reference = True
     preference = True
+    plain_forget_forward = False  # chosen and rejected run as one pair pass
     ref_log_prob_columns = ("ref_chosen_logps", "ref_rejected_logps")
     _tag_names = ["hf_unlearn", "unlearning", "idk-dpo"]
 

@@ -90,6 +90,7 @@ class RMUTrainer(UnlearningTrainer):
     config_class = RMUConfig
     method_name = "rmu"
     forget_normalization = "sequences"
+    plain_forget_forward = False  # a layer activation, the forward stopped there
     _tag_names = ["hf_unlearn", "unlearning", "rmu"]
 
     @classmethod
