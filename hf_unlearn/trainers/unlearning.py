@@ -62,8 +62,8 @@ class UnlearningConfig(BaseConfig):
             How the forget and the retain batch run through the model: `"separate"` (two forward passes) or
             `"concatenated"` (one pass over both, right-padded to the longer; the same losses and gradients), which
             needs a forget term that is one plain forward pass of the forget batch (not IdkDPO's pair pass, not
-            RMU's stopped one). `"auto"`: concatenated where the method allows it (a step 0.85x / 0.89x the time of
-            two passes for GradDiff / NPO on 2 CPU cores, bench/bench_trainers.py; not measured on a GPU).
+            RMU's stopped one). `"auto"`: concatenated where the method allows it (the faster of the two where
+            measured, see the README's benchmark table).
 
         > Parameters that control the reference model
 
