@@ -10,14 +10,13 @@ import torch
 from torch import nn
 
 from ..architectures import value_vectors_view
-from .records import ConceptVector, VectorRef, as_vector_refs
+from .records import VectorRef, as_concept_vectors
 
 ABLATIONS = ("noise", "zero", "mean")
 
 
 def _locations(vectors: VectorRef | Iterable[VectorRef]) -> list[tuple[int, int]]:
-    refs = as_vector_refs(vectors)
-    return [ref.location if isinstance(ref, ConceptVector) else ref for ref in refs]
+    return [ref.location for ref in as_concept_vectors(vectors)]
 
 
 @contextmanager

@@ -44,7 +44,7 @@ from ..architectures import (
     underlying_model,
 )
 from ..atomic_files import atomic_write_json
-from .records import ConceptVector, VectorRef, as_vector_refs
+from .records import ConceptVector, VectorRef, as_concept_vectors
 
 __all__ = ["ENGLISH_STOPWORDS", "AuditTable", "audit_concept_vectors"]
 
@@ -252,7 +252,7 @@ def audit_concept_vectors(
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    refs = as_vector_refs(vectors)
+    refs = as_concept_vectors(vectors)
     base0, base1 = underlying_model(original), underlying_model(unlearned)
     get_adapter(base0), get_adapter(base1)  # clear error for an unsupported family
     check_same_layout(base0, base1)
@@ -262,14 +262,14 @@ def audit_concept_vectors(
     n_layers = len(decoder_layers(base1))
 
     if layers == "audited":
-        layer_set = sorted({ref.layer if isinstance(ref, ConceptVector) else ref[0] for ref in refs})
+        layer_set = sorted({ref.layer for ref in refs})
     elif layers == "all":
         layer_set = list(range(n_layers))
     elif isinstance(layers, str):
         raise ValueError(f"layers={layers!r}: choose 'audited', 'all' or a list of layer indices")
     else:
         layer_set = sorted({int(x) for x in layers})
-    for layer in layer_set + [r.layer if isinstance(r, ConceptVector) else r[0] for r in refs]:
+    for layer in layer_set + [r.layer for r in refs]:
         if not 0 <= layer < n_layers:
             raise IndexError(f"layer {layer} out of range: the models have {n_layers} decoder layers")
 
@@ -280,9 +280,9 @@ def audit_concept_vectors(
     words = frozenset(w.lower() for w in stopwords) if stopwords is not None else ENGLISH_STOPWORDS
     article_cache: dict[str, set[int]] = {}
 
-    by_layer: dict[int, list[tuple[int, VectorRef]]] = {}
+    by_layer: dict[int, list[tuple[int, ConceptVector]]] = {}
     for position, ref in enumerate(refs):
-        layer = ref.layer if isinstance(ref, ConceptVector) else ref[0]
+        layer = ref.layer
         by_layer.setdefault(layer, []).append((position, ref))
 
     vector_rows: list[dict[str, Any] | None] = [None] * len(refs)
@@ -316,12 +316,11 @@ def audit_concept_vectors(
                 "frobenius_original": norm0,
                 "changed_vectors": int((diff != 0).any(dim=0).sum().item()),
                 "total_vectors": int(w0.shape[1]),
-                "audited_dims": sorted({(r.dim if isinstance(r, ConceptVector) else r[1])
-                                        for _, r in by_layer.get(layer, [])}),
+                "audited_dims": sorted({r.dim for _, r in by_layer.get(layer, [])}),
             })
             del diff
         for position, ref in by_layer.get(layer, []):
-            dim = ref.dim if isinstance(ref, ConceptVector) else ref[1]
+            dim = ref.dim
             if not 0 <= dim < w0.shape[1]:
                 raise IndexError(f"dim {dim} out of range: layer {layer} has {w0.shape[1]} value vectors")
             v0, v1 = w0[:, dim], w1[:, dim]
@@ -329,8 +328,8 @@ def audit_concept_vectors(
             t1 = _top_ids(embedding1, v1, gain1, top_k)
             s0, s1 = set(t0), set(t1)
             row: dict[str, Any] = {
-                "concept": ref.concept if isinstance(ref, ConceptVector) else None,
-                "id": ref.id if isinstance(ref, ConceptVector) else None,
+                "concept": ref.concept or None,
+                "id": ref.id,
                 "layer": layer,
                 "dim": dim,
                 "cosine_similarity": _cosine(v0, v1),
@@ -341,7 +340,7 @@ def audit_concept_vectors(
                 "norm_original": v0.double().norm().item(),
                 "norm_unlearned": v1.double().norm().item(),
             }
-            text = ref.source_text if isinstance(ref, ConceptVector) else ""
+            text = ref.source_text
             if tokenizer is not None and text:
                 if text not in article_cache:  # several vectors of one concept share the article
                     article_cache[text] = _article_token_ids(tokenizer, text, words)

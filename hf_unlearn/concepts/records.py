@@ -288,6 +288,17 @@ def normalize_concept_vectors(vectors: Any, source: str = "concept_vectors") -> 
     return locations
 
 
+def as_concept_vectors(vectors: VectorRef | Iterable[VectorRef]) -> list[ConceptVector]:
+    """:func:`as_vector_refs`, with each bare ``(layer, dim)`` as a ``ConceptVector`` with no concept name (``""``)
+    and no data: one type for the code that reads the vectors.
+
+    Example:
+        >>> as_concept_vectors((20, 10513))[0].location
+        (20, 10513)
+    """
+    return [ref if isinstance(ref, ConceptVector) else ConceptVector("", *ref) for ref in as_vector_refs(vectors)]
+
+
 def load_concept_vectors(path_or_hub_id: str | os.PathLike, split: str = "train") -> list[ConceptVector]:
     """Read concept vectors from a released JSON file (a list of records) or a Hub dataset id.
 

@@ -24,17 +24,13 @@ from ..evaluation.generation import answer_questions
 from ..evaluation.overlap import text_overlap
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
 from .ablation import ABLATIONS, ablate_concept_vectors
-from .records import ConceptVector, VectorRef, as_vector_refs
+from .records import VectorRef, as_concept_vectors
 
 __all__ = ["AnswerComparison", "ValidationResult", "validate_concept_vectors"]
 
 BLEU_ORDERS = ("standard", "conceptvectors")
 #: ConceptVectors' text-completion prompt (used when ``score_completions=True``).
 COMPLETION_TEMPLATE = "Please complete the following paragraph: {q}"
-
-
-def _location(ref: VectorRef) -> tuple[int, int]:
-    return ref.location if isinstance(ref, ConceptVector) else ref
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -204,9 +200,8 @@ def validate_concept_vectors(
         raise ValueError(f"bleu_order={bleu_order!r}: choose one of {BLEU_ORDERS}")
     if mode not in ABLATIONS:
         raise ValueError(f"mode={mode!r}: choose one of {ABLATIONS}")
-    refs = as_vector_refs(vectors)
-    records = [r for r in refs if isinstance(r, ConceptVector)]
-    locations = [_location(r) for r in refs]
+    records = as_concept_vectors(vectors)
+    locations = [r.location for r in records]
     # Check the locations before the (slow) clean pass rather than after it, inside the ablation.
     for layer, dim in locations:
         n_vectors = value_vectors_view(model, layer).shape[1]
@@ -260,7 +255,7 @@ def validate_concept_vectors(
 
     comparisons = {name: _compare(prompts, clean[name], ablated[name], bleu_order) for name, prompts, _ in sets}
     return ValidationResult(
-        concepts=[r.concept if isinstance(r, ConceptVector) else None for r in refs],
+        concepts=[r.concept or None for r in records],
         locations=locations,
         mode=mode,
         sigma=float(sigma),

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import losses
 from ..architectures import decoder_layers, is_peft_model, underlying_model, value_vectors_view
+from ..concepts.ablation import ABLATIONS as CONCEPT_ABLATIONS
 from ..concepts.ablation import ablate_concept_vectors
 from ..concepts.records import normalize_concept_vectors
 from .column_training import COLUMNS_MODULE, ColumnTraining
@@ -27,7 +28,8 @@ from .unlearning import UnlearningConfig, UnlearningTrainer
 
 #: attribute under which the trained vectors are attached to the model while ``train()`` runs.
 NEEDLE_MODULE = COLUMNS_MODULE
-ABLATIONS = ("noise", "zero", "mean", "none")
+#: the ablations of :mod:`hf_unlearn.concepts.ablation`, or none (train the vectors as they are).
+ABLATIONS = (*CONCEPT_ABLATIONS, "none")
 
 
 @dataclass
