@@ -146,3 +146,48 @@ def patch_activations(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def differentiable_activations(
+    model: nn.Module, site: str, layers: Iterable[int]
+) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Record ``site`` at ``layers`` as ``(value, zero)`` pairs: ``zero`` is a tensor of zeros that requires grad,
+    added to the activation, so ``torch.autograd.grad(loss, zero)`` is ``∂loss/∂activation`` without writing
+    ``.grad`` on any parameter, also on a frozen model; the forward pass computes the same values. Hooks are removed
+    on exit, also on an exception.
+
+    Example:
+        >>> with differentiable_activations(model, "mlp", [3]) as acts:
+        ...     grad = torch.autograd.grad(model(**batch).logits.sum(), acts[3][1])[0]
+    """
+    _check_site(site)
+    store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+
+    def with_zero(layer: int, value: torch.Tensor) -> torch.Tensor:
+        # A zero leaf keeps the graph intact (earlier layers still get their gradients) and makes the activation
+        # differentiable even when every parameter is frozen.
+        zero = torch.zeros_like(value, requires_grad=True)
+        store[layer] = (value.detach(), zero)
+        return value + zero
+
+    def hooks(layer: int):
+        def pre_hook(_module, args):
+            if not args:
+                raise RuntimeError(f"the {site} module of layer {layer} was called without a positional input")
+            return (with_zero(layer, args[0]), *args[1:])
+
+        def post_hook(_module, _args, output):
+            return _replace_first(output, with_zero(layer, _first(output)))
+
+        return pre_hook, post_hook
+
+    try:
+        for layer in layers:
+            handles.append(_register(model, site, layer, *hooks(layer)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+        store.clear()

@@ -263,3 +263,29 @@ def test_probes_with_an_empty_answer_are_dropped_by_name_when_made(tokenizer):
     assert [p.answer for p in probes] == [" harry potter"]
     with pytest.raises(ValueError, match="no probe can be scored"):
         make_probes(model, tokenizer, ["who studied at hogwarts ?"], answers=[""])
+
+
+@pytest.mark.parametrize("site", ["mlp", "residual"])
+def test_differentiable_activations_give_the_activation_gradient_on_a_frozen_model(tokenizer, site):
+    from hf_unlearn.activations import differentiable_activations
+
+    model = tiny_llama(tokenizer, layers=2).eval().requires_grad_(False)
+    batch = encode_probes(tokenizer, PROBES)
+    with torch.no_grad():
+        clean = model(**batch.model_inputs()).logits
+        with record_activations(model, site, [1]) as recorded:
+            model(**batch.model_inputs())
+    with differentiable_activations(model, site, [1]) as acts:
+        logits = model(**batch.model_inputs()).logits
+        (grad,) = torch.autograd.grad(logits[..., 3].sum(), acts[1][1])
+        value = acts[1][0]
+    torch.testing.assert_close(logits.detach(), clean)  # the forward is unchanged
+    torch.testing.assert_close(value, recorded[1])
+    # The same gradient through a copy of the activation that requires grad, patched in by hand.
+    leaf = recorded[1].clone().requires_grad_(True)
+    with patch_activations(model, site, {1: leaf}):
+        (expected,) = torch.autograd.grad(model(**batch.model_inputs()).logits[..., 3].sum(), leaf)
+    torch.testing.assert_close(grad, expected)
+    assert grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch.model_inputs()).logits, clean)  # hooks gone

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..architectures import mlp_out_module
+from ..activations import differentiable_activations
 from ..data import UnlearningCollator, padding_id, tokenize_pair
 from ..eval_mode import eval_mode
 from ..evaluation.prompts import DEFAULT_PROMPT_TEMPLATE
@@ -85,10 +85,9 @@ def attribution_scores(
     (the sum of per-example magnitudes: a vector that helps one answer and hurts another is not "neutral", which is
     what a background needs) or ``"none"`` (``{layer: (n_examples, d_ff)}``).
 
-    All layers in one forward and one backward per batch (``batch_size=None``: a single batch). A pre-hook on each
-    MLP output module adds a zero tensor that requires grad to its input; ``torch.autograd.grad`` w.r.t. those
-    tensors gives ``∂L/∂c`` without ever writing ``.grad`` on the parameters, and works on frozen models too. The
-    model runs in eval mode (no dropout) and gets its mode back; hooks are removed even on error.
+    All layers in one forward and one backward per batch (``batch_size=None``: a single batch), the coefficients
+    made differentiable by :func:`~hf_unlearn.activations.differentiable_activations` (no ``.grad`` written on the
+    parameters; frozen models work). The model runs in eval mode (no dropout) and gets its mode back.
 
     Memory: the usual activations of one training step for the batch, plus one ``(batch, seq, d_ff)`` tensor per
     hooked layer (SmolLM2-135M, 5 short QA pairs: well under 1 GB); lower ``batch_size`` for long texts.
@@ -101,59 +100,34 @@ def attribution_scores(
         raise ValueError(f"reduction={reduction!r}: choose 'sum', 'abs_sum' or 'none'")
     features = _examples(tokenizer, questions, answers, text, prompt_template, max_length, chat)
     layers = layer_list(model, layers)
-    modules = {layer: mlp_out_module(model, layer) for layer in layers}
     pad_id = padding_id(tokenizer)
     collate = UnlearningCollator(pad_id)
     device = next(model.parameters()).device
     per_example: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     step = batch_size or len(features)
-    handles = []
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            if not args:
-                raise RuntimeError(f"the MLP output module of layer {layer} was called without a positional input")
-            coefficients = args[0]
-            # Adding a zero leaf keeps the graph intact (earlier layers still see gradients through this MLP) and
-            # makes the coefficients differentiable even when every parameter is frozen.
-            delta = torch.zeros_like(coefficients, requires_grad=True)
-            captured[layer] = (coefficients.detach(), delta)
-            return (coefficients + delta, *args[1:])
-
-        return hook
-
-    with eval_mode(model):
-        try:
-            for layer, module in modules.items():
-                handles.append(module.register_forward_pre_hook(make_hook(layer)))
-            for start in range(0, len(features), step):
-                captured.clear()
-                # Also inside a caller's no_grad / inference_mode block: the scores need a backward pass (and tensors
-                # made under inference mode, the batch included, could not be saved for it).
-                with torch.inference_mode(False), torch.enable_grad():
-                    batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    sums, counts = sequence_log_probs(logits, batch["labels"])
-                    # Per-example mean over answer tokens, summed over the batch: total / len(features) is the mean.
-                    objective = (sums / counts.clamp(min=1)).sum() / len(features)
-                    missing = [layer for layer in layers if layer not in captured]
-                    if missing:
-                        raise RuntimeError(f"the forward pass never reached the MLP output module of layers {missing}")
-                    grads = torch.autograd.grad(objective, [captured[layer][1] for layer in layers], allow_unused=True)
-                mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)
-                for layer, grad in zip(layers, grads):
-                    activation = captured[layer][0]
-                    if grad is None:  # the layer cannot influence the objective (e.g. it only sees padding)
-                        grad = torch.zeros_like(activation)
-                    # Sum over positions within each example: the net effect on that example's log-likelihood.
-                    per_example[layer].append((activation.float() * grad.float() * mask).sum(1).double().cpu())
-                del logits, grads
-                captured.clear()
-        finally:
-            for handle in handles:
-                handle.remove()
+    with eval_mode(model), differentiable_activations(model, "mlp", layers) as captured:
+        for start in range(0, len(features), step):
             captured.clear()
+            # Also inside a caller's no_grad / inference_mode block: the scores need a backward pass (and tensors
+            # made under inference mode, the batch included, could not be saved for it).
+            with torch.inference_mode(False), torch.enable_grad():
+                batch = {k: v.to(device) for k, v in collate(features[start : start + step]).items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                sums, counts = sequence_log_probs(logits, batch["labels"])
+                # Per-example mean over answer tokens, summed over the batch: total / len(features) is the mean.
+                objective = (sums / counts.clamp(min=1)).sum() / len(features)
+                missing = [layer for layer in layers if layer not in captured]
+                if missing:
+                    raise RuntimeError(f"the forward pass never reached the MLP output module of layers {missing}")
+                grads = torch.autograd.grad(objective, [captured[layer][1] for layer in layers], allow_unused=True)
+            mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)
+            for layer, grad in zip(layers, grads):
+                activation = captured[layer][0]
+                if grad is None:  # the layer cannot influence the objective (e.g. it only sees padding)
+                    grad = torch.zeros_like(activation)
+                # Sum over positions within each example: the net effect on that example's log-likelihood.
+                per_example[layer].append((activation.float() * grad.float() * mask).sum(1).double().cpu())
+            del logits, grads
     out = {layer: torch.cat(parts) for layer, parts in per_example.items()}
     if reduction == "sum":
         return {layer: values.sum(0).float() for layer, values in out.items()}

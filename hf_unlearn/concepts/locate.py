@@ -241,9 +241,6 @@ def score_value_vectors(
     """Score every value vector of the searched layers for ``concept``; the data as in
     :func:`locate_concept_vectors`, the scoring by :class:`LocateOptions` (or its fields as keywords).
 
-    On SmolLM2-135M, adding the text to the questions made the located set generalise to held-out questions about the
-    same concept (examples/locate_concept.py).
-
     Example:
         >>> result = score_value_vectors(model, tok, "Paris", questions=qs, answers=ans, scorer="vocab")
         >>> result.components["vocab"][12].topk(5)

@@ -1,8 +1,8 @@
 """How many located vectors to ablate: the largest set that hurts the concept and spares the background.
 
-A concept is spread over many value vectors in a small model, and the right set size differs by concept (on
-SmolLM2-135M, 40 for one, 80 for another: ``examples/locate_concept.py``). The rule uses only data the locator has
-seen (its questions and its background), so the held-out numbers that judge the set stay held out.
+A concept is spread over many value vectors in a small model, and the right set size differs by concept (measured
+in the README's "Locating concepts" section). The rule uses only data the locator has seen (its questions and its
+background), so the held-out numbers that judge the set stay held out.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MIN_DROP = 0.1
 #: Required concept drop over background drop.
 TARGET_RATIO = 5.0
 #: Largest background drop accepted: a few background questions do not represent everything else, so a set that
-#: already costs them this much costs unrelated knowledge more (Paris on SmolLM2: 0.07 background, 0.33 unrelated).
+#: already costs them this much costs unrelated knowledge more.
 MAX_SIDE_DROP = 0.05
 #: Set sizes tried by default.
 SIZES = (10, 20, 40, 80)
