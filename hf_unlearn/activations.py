@@ -42,6 +42,19 @@ def _register(model: nn.Module, site: str, layer: int, pre_hook, post_hook):
     return module.register_forward_hook(post_hook)
 
 
+@contextmanager
+def _registered(model: nn.Module, site: str, hooks: dict[int, tuple]) -> Iterator[None]:
+    """Each layer's ``(pre_hook, post_hook)`` on its site module for the block; removed on exit, also on error."""
+    handles = []
+    try:
+        for layer, (pre_hook, post_hook) in hooks.items():
+            handles.append(_register(model, site, layer, pre_hook, post_hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -83,7 +96,6 @@ def record_activations(
     _check_site(site)
     layers = list(layers)
     store: dict[int, torch.Tensor] = {}
-    handles = []
     last = max(layers, default=None)
 
     def hooks(layer: int):
@@ -95,13 +107,8 @@ def record_activations(
 
         return (lambda _module, args: keep(args[0])), (lambda _module, _args, output: keep(_first(output)))
 
-    try:
-        for layer in layers:
-            handles.append(_register(model, site, layer, *hooks(layer)))
+    with _registered(model, site, {layer: hooks(layer) for layer in layers}):
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -118,7 +125,6 @@ def patch_activations(
         ...     logits = unlearned(**batch).logits
     """
     _check_site(site)
-    handles = []
 
     def patched(current: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         value = value.to(current.device, current.dtype)
@@ -139,13 +145,8 @@ def patch_activations(
 
         return pre_hook, post_hook
 
-    try:
-        for layer, value in values.items():
-            handles.append(_register(model, site, layer, *hooks(value)))
+    with _registered(model, site, {layer: hooks(value) for layer, value in values.items()}):
         yield model
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -163,7 +164,6 @@ def differentiable_activations(
     """
     _check_site(site)
     store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = []
 
     def with_zero(layer: int, value: torch.Tensor) -> torch.Tensor:
         # A zero leaf keeps the graph intact (earlier layers still get their gradients) and makes the activation
@@ -184,10 +184,7 @@ def differentiable_activations(
         return pre_hook, post_hook
 
     try:
-        for layer in layers:
-            handles.append(_register(model, site, layer, *hooks(layer)))
-        yield store
+        with _registered(model, site, {layer: hooks(layer) for layer in layers}):
+            yield store
     finally:
-        for handle in handles:
-            handle.remove()
         store.clear()
