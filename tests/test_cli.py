@@ -189,6 +189,18 @@ def test_early_exit_train_generate_bench(files, capsys):
     assert points == ["full model", "confidence=0.5", "fixed=1"]
 
 
+def test_early_exit_train_consistentee_trains_the_policy(files, capsys):
+    out = files / "cee"
+    code, _, _ = run(["early-exit", "train", "--model", files / "model", "--data", files / "texts.txt",
+                      "--exit-layers", "1", "--trainer", "consistentee", "--output-dir", out, "--max_steps", "1",
+                      "--policy_warmup_max_steps", "1", "--policy_max_steps", "1", *QUIET], capsys)
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["policy_trained"] is True
+    # The log is the last stage's: REINFORCE ran after the heads and the warm start.
+    history = json.loads((out / "early_exit_train.json").read_text())["log_history"]
+    assert any("reward" in entry and "mean_exit_layer" in entry for entry in history), history
+
+
 @pytest.mark.parametrize(
     "argv, reason",
     [

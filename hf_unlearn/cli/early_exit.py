@@ -28,7 +28,7 @@ EXAMPLES = """\
 examples:
   hf-unlearn early-exit train --model smollm2 --data texts.txt --output-dir out/ee --max_steps 200
   hf-unlearn early-exit train --model ./base --data texts.jsonl --trainer consistentee --output-dir out/cee \\
-      --max_steps 100 --policy_max_steps 100
+      --max_steps 100 --policy_warmup_max_steps 100 --policy_max_steps 100
   hf-unlearn early-exit generate --model out/ee --prompt "The capital of France is" --strategy confidence \\
       --threshold 0.9
   hf-unlearn early-exit bench --model out/ee --prompts prompts.txt --strategy confidence=0.8,0.9 \\
