@@ -10,8 +10,8 @@ right). The stages, each runnable alone (``trainer.train(stage="policy")``) and 
    dataset column (``memorized_layers``, aligned with ``labels``; see :func:`add_memorized_layers`);
    ``"policy_warmup"`` (not in the paper, on by default): the policy learns, by binary cross-entropy, the chance that
    a token is memorized by each exit (see :func:`hf_unlearn.losses.policy_warmup_loss`). Started from scratch,
-   REINFORCE settles at small exit probabilities spread over the exits, which an inference threshold of 0.5 never
-   passes: on SmolLM2-135M both trained policies never exited. The warm start gives the threshold its meaning;
+   REINFORCE settles at small exit probabilities spread over the exits, which an inference threshold never passes
+   (the policy never exits); the warm start gives the threshold its meaning;
 3. ``"policy"``: REINFORCE with ``K`` rollouts of each batch and the mean reward of the rollouts as baseline; exit
    actions are *sampled* from the policy (optional ε exploration); reward
    ``R = -CE_e - c · (1 - m/L) · e``, for the token that position ``t`` predicts (label ``t + 1``);
