@@ -46,6 +46,24 @@ def trained_tiny():
 
 
 @pytest.fixture
+def hub():
+    """A :class:`fake_hub.FakeHub` serving every huggingface_hub call of the test; fails the test on any request
+    it does not know."""
+    import httpx2
+    import huggingface_hub
+    from fake_hub import FakeHub
+    from huggingface_hub.utils._http import default_client_factory
+
+    fake = FakeHub()
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake.handler)))
+    try:
+        yield fake
+    finally:
+        huggingface_hub.set_client_factory(default_client_factory)
+    assert not fake.unexpected, fake.unexpected
+
+
+@pytest.fixture
 def shared_dir():
     if not SHARED.exists():
         pytest.skip("../shared is not present (only on the developers' machines)")

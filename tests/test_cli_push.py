@@ -12,29 +12,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx2  # noqa: E402
 import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from fake_hub import TOKEN  # noqa: E402
 from huggingface_hub import ModelCard  # noqa: E402
-from huggingface_hub.utils._http import default_client_factory  # noqa: E402
-from test_hub import TOKEN, FakeHub, _audit, _early_exit  # noqa: E402
+from test_hub import _audit, _early_exit  # noqa: E402
 from tiny_models import build_tokenizer, tiny_llama  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from hf_unlearn.cli import build_parser, main  # noqa: E402
 from hf_unlearn.hub import UnlearningAudit, check_push_folder, save_audited, save_early_exit  # noqa: E402
-
-
-@pytest.fixture
-def hub():
-    fake = FakeHub()
-    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake.handler)))
-    try:
-        yield fake
-    finally:
-        huggingface_hub.set_client_factory(default_client_factory)
-    assert not fake.unexpected, fake.unexpected
 
 
 @pytest.fixture
