@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT.parent) not in sys.path:
@@ -49,7 +50,7 @@ from hf_unlearn import (  # noqa: E402
 )
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.early_exit import ExitEvaluation, evaluate_exits, token_shortlist  # noqa: E402
-from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
+from hf_unlearn.smollm2 import load_smollm2, smollm2_path  # noqa: E402
 
 WORK_ROOT = ROOT / "results" / "consistentee_work"
 WORK = WORK_ROOT / "full"
@@ -66,6 +67,26 @@ TOPICS = [
     "butterflies", "ice", "recycling", "bones", "mushrooms", "video games", "dolphins", "novels",
     "wind", "rice", "ships", "the Middle Ages", "caves", "sugar", "telescopes", "comets",
     "penguins", "taxes", "schools", "roads", "forests", "sleep", "maps", "sculpture",
+]
+# A second set of topics, added when the first (768 answers) left the exits overfitting their training text.
+MORE_TOPICS = [
+    "kangaroos", "the Amazon river", "pyramids", "microscopes", "soap", "yoga", "wolves", "castles", "pizza",
+    "thunderstorms", "the stock market", "cotton", "spiders", "the Eiffel Tower", "frogs", "diamonds", "kites",
+    "the Arctic", "paper", "horses", "glass", "democracy", "volleyball", "salt", "coral reefs", "the alphabet",
+    "fire", "hospitals", "camels", "guitars", "the Vikings", "wheat", "sharks", "umbrellas", "nuclear energy",
+    "orchestras", "parrots", "the Moon landing", "deserts at night", "bamboo", "skyscrapers", "the ocean tides",
+    "gold", "knights", "carrots", "windmills", "the immune system", "cats", "dogs", "the French Revolution",
+    "compasses", "fossils", "potatoes", "helicopters", "languages", "octopuses", "sunflowers", "the Sahara",
+    "marathons", "pencils", "DNA", "tornadoes", "ballet", "crocodiles", "the Industrial Revolution", "apples",
+    "lightning", "the stomach", "rockets", "wool", "pirates", "the equator", "mathematics", "eagles", "milk",
+    "swimming", "the Nile", "solar panels", "zebras", "olive oil", "theatre", "bridges", "the lungs", "seeds",
+    "skiing", "plastic", "the Himalayas", "sleep cycles", "jellyfish", "baseball", "the Cold War", "pasta",
+    "thermometers", "gorillas", "kindness", "cloud computing", "the skin", "hot air balloons", "tomatoes",
+    "the Silk Road", "earthworms", "fireworks", "the calendar year", "peacocks", "steam engines", "yogurt",
+    "the ozone layer", "lions", "cooking", "golf", "the Titanic", "oxygen", "deer", "architecture", "storms at sea",
+    "wine", "the piano", "grasslands", "memory", "bats", "the metric system", "rain", "coins", "the Alps",
+    "vitamins", "squirrels", "newspapers", "the Internet of Things", "oceans currents", "beetles", "running",
+    "the Greek gods", "copper", "friendship", "hummingbirds", "traffic lights", "the Pacific Ocean", "dust",
 ]
 HELD_OUT_TOPICS = ["glaciers", "the printing press", "honey", "submarines", "origami", "lighthouses", "tea", "owls"]
 TEMPLATES = [
@@ -94,30 +115,37 @@ def chat(tokenizer, prompt: str) -> str:
 
 
 def phase_data(opts) -> dict:
+    """The training answers, cached; prompts added to the topic lists later are answered and appended."""
     path = WORK / "data.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    model, tokenizer = load_smollm2()
-    prompts = [t.format(topic) for topic in TOPICS for t in TEMPLATES]
+    data = json.loads(path.read_text()) if path.exists() else {"train": [], "seconds": 0.0}
+    prompts = [t.format(topic) for topic in TOPICS + MORE_TOPICS for t in TEMPLATES]
     if opts.quick:
         prompts = prompts[:8]
-    tokenizer.padding_side = "left"
-    rows = []
+    answered = {row["prompt"] for row in data["train"]}
     started = time.perf_counter()
-    for start in range(0, len(prompts), 16):
-        chunk = prompts[start : start + 16]
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    tokenizer.padding_side = "left"
+    missing = [p for p in prompts if chat(tokenizer, p) not in answered]
+    if missing:
+        model = load_smollm2()[0]
+    for start in range(0, len(missing), 16):
+        chunk = missing[start : start + 16]
         batch = tokenizer([chat(tokenizer, p) for p in chunk], return_tensors="pt", padding=True,
                           add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=opts.answer_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        rows += [{"prompt": chat(tokenizer, p), "completion": a} for p, a in zip(chunk, answers)]
-        print(f"[data] {len(rows)}/{len(prompts)} answers", flush=True)
-    held_out = [chat(tokenizer, t.format(topic)) for topic in HELD_OUT_TOPICS for t in TEMPLATES[:2]]
-    data = {"train": rows, "held_out_prompts": held_out, "seconds": time.perf_counter() - started}
-    WORK.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=1))
+        data["train"] += [{"prompt": chat(tokenizer, p), "completion": a} for p, a in zip(chunk, answers)]
+        data["seconds"] += time.perf_counter() - started
+        started = time.perf_counter()
+        WORK.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1))  # after every chunk: an interrupted run resumes
+        print(f"[data] {len(data['train'])}/{len(prompts)} answers", flush=True)
+    if "held_out_prompts" not in data:
+        data["held_out_prompts"] = [chat(tokenizer, t.format(topic)) for topic in HELD_OUT_TOPICS
+                                    for t in TEMPLATES[:2]]
+        atomic_write_text(path, json.dumps(data, indent=1))
     return data
 
 
@@ -156,8 +184,9 @@ def phase_heads(kind: str, data: dict, opts) -> dict:
         return json.loads(record.read_text())
     model, tokenizer = load_smollm2()
     tokenizer.padding_side = "right"
-    wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="adapter", adapter_rank=64,
-                                                 policy_hidden_size=128, policy_features=POLICY_FEATURES)
+    wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="translator",
+                                                 adapter_rank=64, policy_hidden_size=128,
+                                                 policy_features=POLICY_FEATURES)
     wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]], size=4096))
     peft_config = None
     if kind == "lora":
@@ -174,13 +203,15 @@ def phase_heads(kind: str, data: dict, opts) -> dict:
     trained = trainer.model.merge_and_unload() if kind == "lora" else trainer.model
     logs = [h for h in trainer.state.log_history if "oracle_exit_layer" in h]
     started = time.perf_counter()
-    memorized = add_memorized_layers(trained, trainer.train_dataset, tokenizer.pad_token_id, "full_model",
+    # On the sequences the heads never saw (policy_data_fraction): the policy learns where exits agree on new text.
+    memorized = add_memorized_layers(trained, trainer.policy_dataset, tokenizer.pad_token_id, "full_model",
                                      batch_size=8)
     seconds["memorize"] = time.perf_counter() - started
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     memorized.save_to_disk(str(memorized_dir))
-    result = {"seconds": seconds, "steps": args.max_steps, "training_tokens": sum(map(len, memorized["input_ids"])),
+    result = {"seconds": seconds, "steps": args.max_steps, "heads_sequences": len(trainer.train_dataset),
+              "policy_sequences": len(memorized), "policy_tokens": sum(map(len, memorized["input_ids"])),
               "last_logs": logs[-2:]}
     atomic_write_text(record, json.dumps(result, indent=1))
     print(f"[{kind}] heads {seconds['heads']:.0f} s, memorized layers {seconds['memorize']:.0f} s", flush=True)
@@ -198,8 +229,6 @@ def phase_policy(kind: str, opts) -> dict:
     # (ignore_mismatched_sizes: heads trained before the policy's input features were chosen still load.)
     model = EarlyExitForCausalLM.from_pretrained(WORK / f"heads-{kind}", policy_features=POLICY_FEATURES,
                                                  ignore_mismatched_sizes=True)
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(WORK / f"heads-{kind}")
     args = training_args(kind, opts, stages=["policy_warmup", "policy"])
     trainer = ConsistentEETrainer(model, args, train_dataset=load_from_disk(str(WORK / f"memorized-{kind}")),
@@ -394,7 +423,7 @@ def main() -> None:
                         help="render: redraw the figure and tables from results/consistentee.json, measuring nothing")
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
-    parser.add_argument("--head-steps", type=int, default=800)
+    parser.add_argument("--head-steps", type=int, default=700)
     parser.add_argument("--lora-head-steps", type=int, default=500)
     parser.add_argument("--policy-steps", type=int, default=150)
     parser.add_argument("--policy-lr", type=float, default=3e-4)

@@ -237,6 +237,28 @@ def test_gradient_accumulation_matches_the_full_batch(tokenizer, trained_tiny, t
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fraction", [0.25, 0.0])
+def test_policy_stages_use_sequences_the_heads_never_saw(tokenizer, trained_tiny, tmp_path, fraction):
+    backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
+    texts = FORGET_TEXTS + RETAIN_TEXTS
+    args = run_config(ConsistentEEConfig, tmp_path, max_steps=1, policy_data_fraction=fraction,
+                      early_exit_kwargs={"min_exit_layer": 1})
+    trainer = ConsistentEETrainer(backbone, args, train_dataset=texts, processing_class=tokenizer)
+    heads = [tuple(r) for r in trainer.train_dataset["input_ids"]]
+    trainer.train(stage="memorize")
+    policy = [tuple(r) for r in trainer.train_dataset["input_ids"]]
+    if fraction:
+        assert len(policy) == round(len(texts) * fraction) and len(heads) == len(texts) - len(policy)
+        assert not set(heads) & set(policy)
+    else:
+        assert trainer.policy_dataset is None and policy == heads and len(heads) == len(texts)
+    with pytest.raises(ValueError, match="policy_data_fraction"):
+        ConsistentEEConfig(output_dir=str(tmp_path), policy_data_fraction=1.0)
+    with pytest.raises(ValueError, match="leaves no sequence for the exit heads"):
+        ConsistentEETrainer(backbone, run_config(ConsistentEEConfig, tmp_path, policy_data_fraction=0.9),
+                            train_dataset=texts[:1], processing_class=tokenizer)
+
+
 def test_consistentee_stages_run_alone_and_in_order(tokenizer, trained_tiny, tmp_path):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4)
     args = run_config(ConsistentEEConfig, tmp_path, max_steps=2, policy_max_steps=2, joint_max_steps=2,

@@ -392,11 +392,30 @@ def test_all_exits_pass_matches_the_backbone_hidden_states(backbone, tokenizer):
     assert len(no_logits.exit_logits) == 4
 
 
+def test_translator_head_starts_as_the_shared_head_and_adds_a_full_rank_map(backbone, tokenizer):
+    shared = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, exit_head="shared").eval()
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, exit_head="translator").eval()
+    batch = _batch(tokenizer)
+    hidden = _hidden_states(backbone, batch["input_ids"])
+    torch.testing.assert_close(model.exit_logits(hidden[2], 2), shared.exit_logits(hidden[2], 2), rtol=0, atol=0)
+    adapter = model.early_exit.adapters[model._exit_index[2]]
+    assert adapter.linear.weight.shape == (backbone.config.hidden_size,) * 2
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(std=0.1)
+        h = hidden[2]
+        bottleneck = torch.nn.functional.silu(h @ adapter.down.weight.T) @ adapter.up.weight.T
+        moved = h + bottleneck + h @ adapter.linear.weight.T
+        expected = _head(backbone, moved)
+    torch.testing.assert_close(model.exit_logits(h, 2), expected)
+
+
 # ---------------------------------------------------------------------------------------------- saving, PEFT
 
 
-def test_save_and_load_round_trip_with_auto_classes(backbone, tokenizer, tmp_path):
-    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=2, exit_head="adapter").eval()
+@pytest.mark.parametrize("exit_head", ["adapter", "translator"])
+def test_save_and_load_round_trip_with_auto_classes(backbone, tokenizer, tmp_path, exit_head):
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=2, exit_head=exit_head).eval()
     with torch.no_grad():
         for p in model.early_exit.parameters():
             p.add_(torch.randn_like(p) * 0.05)

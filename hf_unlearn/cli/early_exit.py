@@ -67,7 +67,8 @@ def add_parser(subparsers) -> None:
     train.add_argument("--trainer", choices=TRAINERS, default="exits", help="exits (default) or consistentee")
     train.add_argument("--exit-layers", help="exit layers, e.g. 4,8,12 (default: every layer from a quarter depth)")
     train.add_argument("--min-exit-layer", type=int, help="shallowest default exit")
-    train.add_argument("--exit-head", choices=("adapter", "shared"), default="adapter", help="exit heads")
+    train.add_argument("--exit-head", choices=("translator", "adapter", "shared"), default="translator",
+                       help="exit heads: translator (default; adapter + full-rank map), adapter (smaller), shared")
     train.add_argument("--output-dir", help="where the early-exit checkpoint goes")
     train.add_argument("--help-config", action="store_true", help="print every config flag and exit")
     train.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default: float32)")

@@ -121,16 +121,21 @@ class ExitStatistics:
 
 
 class ExitAdapter(nn.Module):
-    """Residual bottleneck in front of the shared head; zero-initialised output, so it starts as the identity."""
+    """Residual bottleneck in front of the shared head, plus (``linear=True``, the ``"translator"`` exit head) a
+    full-rank linear map as in the tuned lens; zero-initialised outputs, so it starts as the identity."""
 
-    def __init__(self, hidden_size: int, rank: int):
+    def __init__(self, hidden_size: int, rank: int, linear: bool = False):
         super().__init__()
         self.down = nn.Linear(hidden_size, rank, bias=False)
         self.up = nn.Linear(rank, hidden_size, bias=False)
         self.up._zero_init = True
+        self.linear = nn.Linear(hidden_size, hidden_size, bias=False) if linear else None
+        if self.linear is not None:
+            self.linear._zero_init = True
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self.up(F.silu(self.down(hidden)))
+        out = hidden + self.up(F.silu(self.down(hidden)))
+        return out if self.linear is None else out + self.linear(hidden)
 
 
 class PolicyHead(nn.Module):
@@ -167,8 +172,11 @@ class EarlyExitHeads(nn.Module):
         hidden = config.backbone_config.hidden_size
         num_internal = len(config.exit_layers)
         self.adapters = (
-            nn.ModuleList(ExitAdapter(hidden, config.adapter_rank) for _ in range(num_internal))
-            if config.exit_head == "adapter"
+            nn.ModuleList(
+                ExitAdapter(hidden, config.adapter_rank, linear=config.exit_head == "translator")
+                for _ in range(num_internal)
+            )
+            if config.exit_head in ("adapter", "translator")
             else None
         )
         features = CONFIDENCE_FEATURES if config.policy_features == "hidden+confidence" else 0
@@ -747,6 +755,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             )
             self._warned_untrained_policy = True
         batch, length = hidden.shape[:2]
+        if batch * length == 1 and config.kv_fill == "state":
+            return self._exit_one_token(hidden, walk, settings, internal, states)
         device = hidden.device
         active = torch.ones(batch, length, dtype=torch.bool, device=device)
         if attention_mask is not None and attention_mask.dim() == 2 and length > 1:
@@ -797,6 +807,41 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             logits_out = self.exit_logits(hidden, depth) * 0
         self.exit_stats.update(exit_layers)
         return EarlyExitCausalLMOutput(logits=logits_out, exit_layers=exit_layers)
+
+    def _exit_one_token(self, hidden, walk, settings, internal, states=None) -> EarlyExitCausalLMOutput:
+        """`_forward_with_exits` for one position (batch-1 decoding, the case early exit is for): the same
+        decisions, without the per-layer bookkeeping of which positions are still running, which costs about a
+        quarter of a layer per exit checked on a CPU."""
+        masks, position_embeddings, position_ids, cache, use_cache = walk
+        depth = self._depth
+        layers = self._layers()
+        rows = (torch.zeros(1, dtype=torch.long, device=hidden.device),) * 2
+        previous = torch.full((1, 1), -1, dtype=torch.long, device=hidden.device)
+        streak = torch.zeros(1, 1, dtype=torch.long, device=hidden.device)
+        exit_layer, logits = depth, None
+        for index in range(depth):
+            hidden = self._run_layer(
+                layers[index], hidden, masks[index], position_embeddings, position_ids, cache, use_cache
+            )
+            if states is not None:
+                states.append(hidden)
+            k = index + 1
+            if k in internal:
+                exit_now, logits = self._decide(
+                    settings["exit_strategy"], settings, hidden[0], k, previous, streak, rows
+                )
+                if bool(exit_now[0]):
+                    exit_layer = k
+                    break
+        for rest in range(exit_layer, depth):
+            self.fill_skipped_layer(rest, hidden, position_embeddings, cache)
+        if exit_layer == depth or logits is None:
+            logits = self.exit_logits(hidden, exit_layer)
+        else:
+            logits = logits.view(1, 1, -1)
+        exit_layers = torch.full((1, 1), exit_layer, dtype=torch.long, device=hidden.device)
+        self.exit_stats.update(exit_layers)
+        return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
 
     def _decide(self, strategy, settings, hidden, layer, previous, streak, rows):
         """Which of the active positions (``hidden`` is ``(N, D)``) exit at ``layer``, and their logits when the rule

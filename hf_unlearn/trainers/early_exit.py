@@ -50,7 +50,8 @@ class EarlyExitTrainingConfig(BaseConfig):
             exits predict tokens outside the shortlist.
         early_exit_kwargs (`dict`, *optional*):
             [`EarlyExitConfig`] fields used when the model is a plain causal LM (or a path) that the trainer wraps;
-            `exit_head` defaults to `"adapter"`, the only head that trains on a frozen backbone.
+            `exit_head` defaults to `"translator"` (an adapter with a full-rank map; `"adapter"` is the smaller one),
+            the heads that train on a frozen backbone.
     """
 
     learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the exit heads."})
@@ -104,7 +105,8 @@ class EarlyExitTrainer(BaseTrainer):
         model = super()._load_model(model, args)
         if isinstance(model, EarlyExitForCausalLM) or is_peft_model(model):
             return model
-        return EarlyExitForCausalLM.from_backbone(model, **{"exit_head": "adapter", **(args.early_exit_kwargs or {})})
+        settings = {"exit_head": "translator", **(args.early_exit_kwargs or {})}
+        return EarlyExitForCausalLM.from_backbone(model, **settings)
 
     def _apply_peft(self, model, peft_config, args):
         if peft_config.modules_to_save is None:
