@@ -98,7 +98,7 @@ EXIT_LAYERS = list(range(8, 30, 2))
 # The policy reads the hidden state only: the confidence features would cost a shortlist head at every exit it
 # checks (about 0.9 ms, two thirds of a layer), more than they gain over the hidden state on these exits.
 POLICY_FEATURES = "hidden"
-POLICY_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95]
+POLICY_THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95]
 STRATEGIES = {
     "policy": POLICY_THRESHOLDS,
     "confidence": [0.7, 0.9, 0.95],
