@@ -4,16 +4,17 @@ Phases (each cached under ``bench/results/consistentee_work/``, git-ignored, so 
 
 * ``data``: the full model answers the project's built-in instruction prompts (greedy); prompt + answer pairs are
   the training text (self-distillation: exits learn to say what the full model says). Held-out prompts on other
-  topics are kept for the evaluation.
-* ``frozen``: ConsistentEE with the backbone frozen: exit adapters (self-distillation, loss over a 4096-token
-  shortlist of the training answers), memorized layers against the full model's tokens, policy by REINFORCE.
+  topics are kept for the evaluation. Prompts added to the topic lists later are answered and appended.
+* ``frozen``: ConsistentEE with the backbone frozen: translator exits (self-distillation, loss over a 4096-token
+  shortlist of the training answers) on three quarters of the answers, memorized layers against the full model's
+  tokens on the other quarter (``policy_data_fraction``), the policy's warm start and REINFORCE there.
 * ``lora``: the same, with LoRA on every linear layer of the backbone trained under the early-exit loss (the
   target is the model with the adapter disabled), merged into the backbone afterwards.
 * ``evaluate``: ``evaluate_exits`` on the held-out prompts for both models against the *original* full model:
   ConsistentEE's policy, confidence, entropy, patience and fixed exits, transformers' ``assistant_early_exit`` and
   the lossless mode, each point with measured tokens/s (interleaved rounds, medians) and teacher-forced agreement.
 
-    python bench/bench_consistentee.py                     # all phases, ~1 h on 2 CPU cores
+    python bench/bench_consistentee.py                     # all phases, ~2.5 h on 2 CPU cores
     python bench/bench_consistentee.py --phase evaluate    # re-evaluate the trained checkpoints
     python bench/bench_consistentee.py --quick             # a few steps of everything, to check the pipeline
 
