@@ -318,6 +318,34 @@ def phase_evaluate(data: dict, opts) -> dict:
     return results
 
 
+def phase_evaluate_deferred(data: dict, opts) -> dict:
+    """The policies again with ``kv_fill="deferred"`` (an exited token's skipped layers run with the next token:
+    the exact cache), as rows ``policy+deferred`` and ``policy_warmup+deferred`` beside the others."""
+    original, tokenizer = load_smollm2()
+    prompts = data["held_out_prompts"][: 2 if opts.quick else len(data["held_out_prompts"])]
+    results = {}
+    for kind in opts.models:
+        rows = []
+        for suffix, strategy in (("", "policy"), ("-warmup", "policy_warmup")):
+            path = WORK / f"checkpoint-{kind}{suffix}"
+            if not path.exists():
+                continue
+            model = EarlyExitForCausalLM.from_pretrained(path, kv_fill="deferred").eval()
+            table = evaluate_exits(
+                model, tokenizer, prompts, {"policy": POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS},
+                max_new_tokens=8 if opts.quick else opts.eval_tokens, reference_model=original,
+                rounds=1 if opts.quick else opts.rounds, lossless=False,
+            )
+            for row in table.rows:
+                if row["strategy"] == "policy":
+                    row["point"] = row["point"].replace("policy", f"{strategy}+deferred")
+                    row["strategy"], row["backbone"] = f"{strategy}+deferred", kind
+                    rows.append(row)
+        results[kind] = rows
+        print(f"[evaluate-deferred] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
+    return results
+
+
 def best_at(rows: list[dict], strategy: str, agreement: float) -> dict | None:
     """The point of a strategy with the highest measured speed-up at or above an agreement, with its layer speed-up
     (L / mean exit layer: what the exits' depth alone allows)."""
@@ -420,8 +448,11 @@ def update_readme(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", default="all", choices=["all", "data", "frozen", "lora", "evaluate", "render"],
-                        help="render: redraw the figure and tables from results/consistentee.json, measuring nothing")
+    parser.add_argument("--phase", default="all",
+                        choices=["all", "data", "frozen", "lora", "evaluate", "evaluate-deferred", "render"],
+                        help="evaluate-deferred: add the policies' rows with kv_fill='deferred' to "
+                             "results/consistentee.json; render: redraw the figure and tables from it, measuring "
+                             "nothing")
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--head-steps", type=int, default=700)
@@ -464,9 +495,24 @@ def main() -> None:
             policy = json.loads((WORK / f"policy-{kind}.json").read_text())
         policy_seconds = policy["seconds"] if isinstance(policy["seconds"], dict) else {"policy": policy["seconds"]}
         training[kind] = {"seconds": {**heads["seconds"], **policy_seconds}, "heads": heads, "policy": policy}
+    if opts.phase == "evaluate-deferred":
+        name = "consistentee_quick" if opts.quick else "consistentee"
+        report = json.loads((ROOT / "results" / f"{name}.json").read_text())
+        for kind, rows in phase_evaluate_deferred(data, opts).items():
+            added = {r["strategy"] for r in rows}
+            report["points"][kind] = [r for r in report["points"][kind] if r["strategy"] not in added] + rows
+        report["summary"] = summarise(report["points"])
+        atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(report, indent=2))
+        plot(report["points"], ROOT / "results" / f"{name}.png", report["meta"].get("evaluated"))
+        if not opts.quick:
+            update_readme(markdown(report))
+        print(markdown(report))
+        return
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)
+    for kind, rows in phase_evaluate_deferred(data, opts).items():
+        results[kind] += rows
     name = "consistentee_quick" if opts.quick else "consistentee"
     previous_path = ROOT / "results" / f"{name}.json"
     evaluated = {kind: "this run" for kind in results}

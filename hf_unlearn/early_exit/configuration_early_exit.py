@@ -11,7 +11,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 EXIT_STRATEGIES = ("policy", "confidence", "entropy", "patience", "fixed", "none")
 EXIT_HEAD_KINDS = ("shared", "adapter", "translator")
-KV_FILLS = ("state", "compute")
+KV_FILLS = ("state", "compute", "deferred")
 POLICY_FEATURES = ("hidden", "hidden+confidence")
 
 
@@ -76,7 +76,10 @@ class EarlyExitConfig(PretrainedConfig):
         kv_fill (`str`, *optional*, defaults to `"state"`):
             Key/value entries of the layers a token skips: `"state"` projects the exit hidden state through each
             skipped layer's own input norm and key/value projections (the same rule in training); `"compute"` runs
-            the skipped layers for that token (exact cache, nothing saved for that token; a quality reference).
+            the skipped layers for that token (exact cache, nothing saved for that token; a quality reference);
+            `"deferred"` runs them with the next token, in the same layer calls (exact cache, as `"compute"`; saves
+            time where a layer call with two positions costs little more than with one: batch-1 decoding, one
+            sequence; batched or teacher-forced calls run as `"compute"`, and training simulates `"state"`).
         backbone_layout (`dict`, *optional*):
             How to walk the backbone layer by layer (module paths), copied from hf_unlearn's architecture adapters
             when the model is built, so that a saved checkpoint needs no adapter table to load.

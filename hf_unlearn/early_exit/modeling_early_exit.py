@@ -30,6 +30,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_early_exit import EarlyExitConfig, check_exit_settings, exit_settings
 
+#: where ``kv_fill="deferred"`` keeps, on the cache, the exited tokens whose deeper layers have not run yet.
+PENDING_ATTRIBUTE = "_early_exit_pending"
+
 IGNORE_INDEX = -100
 #: top-1 probability, top-1 minus top-2 probability, entropy.
 CONFIDENCE_FEATURES = 3
@@ -522,6 +525,11 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 
         reference = input_ids if input_ids is not None else inputs_embeds
         length = reference.shape[1]
+        if length > 1 and cache is not None and getattr(cache, PENDING_ATTRIBUTE, None):
+            raise ValueError(
+                f"kv_fill='deferred' left the deeper layers of {len(getattr(cache, PENDING_ATTRIBUTE))} exited "
+                "token(s) pending in this cache: continue it one token at a time, or start a new cache"
+            )
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + length, device=reference.device).unsqueeze(0)
@@ -537,7 +545,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher,
                 exit_vocabulary, output_exit_logits,
             )
-        elif settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions):
+        elif (settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions)) or (
+            length == 1 and cache is not None and getattr(cache, PENDING_ATTRIBUTE, None)
+        ):  # (a full-depth step also runs the layers that earlier exits left pending)
             output = self._forward_with_exits(hidden, walk, settings, attention_mask)
         else:
             output = self._forward_full(hidden, walk, logits_to_keep)
@@ -737,9 +747,11 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         safe = targets.clamp(min=0).unsqueeze(-1)
         return -log_probs.gather(-1, safe).squeeze(-1) * (targets != IGNORE_INDEX), hit
 
-    def _forward_with_exits(self, hidden, walk, settings, attention_mask, states=None) -> EarlyExitCausalLMOutput:
+    def _forward_with_exits(
+        self, hidden, walk, settings, attention_mask, states=None, kv_fill: str | None = None
+    ) -> EarlyExitCausalLMOutput:
         """Per-position exits by the strategy; ``states``, if a list, receives the hidden state after each layer
-        that ran."""
+        that ran. Several positions with ``kv_fill="deferred"`` run as ``"compute"`` (the same keys/values)."""
         masks, position_embeddings, position_ids, cache, use_cache = walk
         config = self.config
         depth = self._depth
@@ -747,6 +759,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         internal = set(self._exit_index)
         if strategy == "fixed":
             internal = {settings["fixed_exit_layer"]} & internal
+        elif strategy == "none":
+            internal = set()
         elif strategy == "policy" and not config.policy_trained and not self._warned_untrained_policy:
             warnings.warn(
                 "exit_strategy='policy' with an untrained policy head: its exits are arbitrary. Train it with "
@@ -755,8 +769,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             )
             self._warned_untrained_policy = True
         batch, length = hidden.shape[:2]
-        if batch * length == 1 and config.kv_fill == "state":
-            return self._exit_one_token(hidden, walk, settings, internal, states)
+        kv_fill = kv_fill or config.kv_fill
+        if batch * length == 1 and kv_fill in ("state", "deferred"):
+            return self._exit_one_token(hidden, walk, settings, internal, states, deferred=kv_fill == "deferred")
         device = hidden.device
         active = torch.ones(batch, length, dtype=torch.bool, device=device)
         if attention_mask is not None and attention_mask.dim() == 2 and length > 1:
@@ -766,7 +781,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         streak = torch.zeros(batch, length, dtype=torch.long, device=device)
         previous = torch.full((batch, length), -1, dtype=torch.long, device=device)
         any_active = bool(active.any())
-        state_fill = config.kv_fill == "state"
+        state_fill = kv_fill == "state"
         layers = self._layers()
         for index, layer in enumerate(layers):
             if not any_active and state_fill:
@@ -808,21 +823,51 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         self.exit_stats.update(exit_layers)
         return EarlyExitCausalLMOutput(logits=logits_out, exit_layers=exit_layers)
 
-    def _exit_one_token(self, hidden, walk, settings, internal, states=None) -> EarlyExitCausalLMOutput:
+    def _exit_one_token(
+        self, hidden, walk, settings, internal, states=None, deferred: bool = False
+    ) -> EarlyExitCausalLMOutput:
         """`_forward_with_exits` for one position (batch-1 decoding, the case early exit is for): the same
         decisions, without the per-layer bookkeeping of which positions are still running, which costs about a
-        quarter of a layer per exit checked on a CPU."""
+        quarter of a layer per exit checked on a CPU.
+
+        With ``deferred`` (``kv_fill="deferred"``) a token that exits leaves its deeper layers pending (kept on the
+        cache) instead of filling them, and the next token that reaches such a layer runs it for them too, in the
+        same layer call. Every token then attends to exact keys/values, as with ``"compute"``, while a layer call
+        with two or three positions costs little more than with one where decoding is memory-bound."""
         masks, position_embeddings, position_ids, cache, use_cache = walk
         depth = self._depth
         layers = self._layers()
+        # [position, first missing layer, hidden state before it], in position order; the tokens missing a layer
+        # are a suffix of them, since a token that ran a layer ran it with every earlier token that missed it.
+        pending = (getattr(cache, PENDING_ATTRIBUTE, None) or []) if deferred else []
+        if pending:
+            rotary = self._part("rotary_emb")
+            all_positions = torch.cat([torch.tensor([[p[0] for p in pending]], dtype=position_ids.dtype,
+                                                    device=hidden.device), position_ids[:, -1:]], dim=1)
+            all_embeddings = rotary(hidden, position_ids=all_positions) if rotary is not None else None
+            block_masks: dict[tuple[int, str], Any] = {}
         rows = (torch.zeros(1, dtype=torch.long, device=hidden.device),) * 2
         previous = torch.full((1, 1), -1, dtype=torch.long, device=hidden.device)
         streak = torch.zeros(1, 1, dtype=torch.long, device=hidden.device)
         exit_layer, logits = depth, None
         for index in range(depth):
-            hidden = self._run_layer(
-                layers[index], hidden, masks[index], position_embeddings, position_ids, cache, use_cache
-            )
+            block = [p for p in pending if p[1] <= index]
+            if block:
+                size = len(block) + 1
+                inputs = torch.cat([p[2] for p in block] + [hidden], dim=1)
+                positions = all_positions[:, -size:]
+                embeddings = None if all_embeddings is None else tuple(e[:, -size:] for e in all_embeddings)
+                key = (size, self._layer_types[index])
+                if key not in block_masks:
+                    block_masks[key] = self._attention_masks(inputs, None, cache, positions, first_layer=index)[index]
+                out = self._run_layer(layers[index], inputs, block_masks[key], embeddings, positions, cache, use_cache)
+                for offset, entry in enumerate(block):
+                    entry[1], entry[2] = index + 1, out[:, offset : offset + 1]
+                hidden = out[:, -1:]
+            else:
+                hidden = self._run_layer(
+                    layers[index], hidden, masks[index], position_embeddings, position_ids, cache, use_cache
+                )
             if states is not None:
                 states.append(hidden)
             k = index + 1
@@ -833,8 +878,14 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 if bool(exit_now[0]):
                     exit_layer = k
                     break
-        for rest in range(exit_layer, depth):
-            self.fill_skipped_layer(rest, hidden, position_embeddings, cache)
+        if deferred:
+            pending = [p for p in pending if p[1] < depth]
+            if exit_layer < depth:
+                pending.append([int(position_ids[0, -1]), exit_layer, hidden])
+            setattr(cache, PENDING_ATTRIBUTE, pending)
+        else:
+            for rest in range(exit_layer, depth):
+                self.fill_skipped_layer(rest, hidden, position_embeddings, cache)
         if exit_layer == depth or logits is None:
             logits = self.exit_logits(hidden, exit_layer)
         else:
@@ -971,7 +1022,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         if settings["exit_strategy"] == "none":
             output = self._forward_full(hidden, walk, 0, states)
         else:
-            output = self._forward_with_exits(hidden, walk, settings, None, states)
+            # The verify pass crops and recomputes the deep layers, which pending (deferred) layers would upset.
+            kv_fill = "state" if self.config.kv_fill == "deferred" else None
+            output = self._forward_with_exits(hidden, walk, settings, None, states, kv_fill=kv_fill)
         return output
 
     def _run_layers_from(self, hidden, first_layer, cache, position_ids) -> torch.Tensor:
