@@ -525,10 +525,11 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 
         reference = input_ids if input_ids is not None else inputs_embeds
         length = reference.shape[1]
-        if length > 1 and cache is not None and getattr(cache, PENDING_ATTRIBUTE, None):
+        pending = getattr(cache, PENDING_ATTRIBUTE, None) if cache is not None else None
+        if length > 1 and pending:
             raise ValueError(
-                f"kv_fill='deferred' left the deeper layers of {len(getattr(cache, PENDING_ATTRIBUTE))} exited "
-                "token(s) pending in this cache: continue it one token at a time, or start a new cache"
+                f"kv_fill='deferred' left the deeper layers of {len(pending)} exited token(s) pending in this "
+                "cache: continue it one token at a time, or start a new cache"
             )
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
@@ -545,9 +546,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 hidden, walk, labels, attention_mask, forced_exit_layers, sample_exits, exit_epsilon, teacher,
                 exit_vocabulary, output_exit_logits,
             )
-        elif (settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions)) or (
-            length == 1 and cache is not None and getattr(cache, PENDING_ATTRIBUTE, None)
-        ):  # (a full-depth step also runs the layers that earlier exits left pending)
+        elif (settings["exit_strategy"] != "none" and (length == 1 or exit_all_positions)) or pending:
+            # (with pending layers, a full-depth step runs them too: `pending` implies length == 1 here)
             output = self._forward_with_exits(hidden, walk, settings, attention_mask)
         else:
             output = self._forward_full(hidden, walk, logits_to_keep)
