@@ -280,6 +280,21 @@ def oracle_bound(model, original, tokenizer, prompts: list[str], max_new_tokens:
             "tokens": int(sum(len(x) for x in layers))}
 
 
+def policy_rows(path: Path, strategy: str, original, tokenizer, prompts: list[str], opts, **model_kwargs) -> list:
+    """The policy thresholds' points of the checkpoint at ``path`` (loaded with ``model_kwargs``), named
+    ``strategy``."""
+    table = evaluate_exits(
+        EarlyExitForCausalLM.from_pretrained(path, **model_kwargs).eval(), tokenizer, prompts,
+        {"policy": POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS},
+        max_new_tokens=8 if opts.quick else opts.eval_tokens, reference_model=original,
+        rounds=1 if opts.quick else opts.rounds, lossless=False,
+    )
+    rows = [row for row in table.rows if row["strategy"] == "policy"]
+    for row in rows:
+        row["strategy"], row["point"] = strategy, row["point"].replace("policy", strategy)
+    return rows
+
+
 def phase_evaluate(data: dict, opts) -> dict:
     original, tokenizer = load_smollm2()
     prompts = data["held_out_prompts"][: 2 if opts.quick else len(data["held_out_prompts"])]
@@ -301,16 +316,7 @@ def phase_evaluate(data: dict, opts) -> dict:
                      "generation_agreement": 1.0, **oracle})
         warmup = WORK / f"checkpoint-{kind}-warmup"
         if warmup.exists():  # the policy before REINFORCE: what the supervised warm start alone gives
-            warm = evaluate_exits(
-                EarlyExitForCausalLM.from_pretrained(warmup).eval(), tokenizer, prompts,
-                {"policy": POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS},
-                max_new_tokens=8 if opts.quick else opts.eval_tokens, reference_model=original,
-                rounds=1 if opts.quick else opts.rounds, lossless=False,
-            )
-            for row in warm.rows:
-                if row["strategy"] == "policy":
-                    row["strategy"], row["point"] = "policy_warmup", row["point"].replace("policy", "policy_warmup")
-                    rows.append(row)
+            rows += policy_rows(warmup, "policy_warmup", original, tokenizer, prompts, opts)
         for row in rows:
             row["backbone"] = kind
         results[kind] = rows
@@ -328,19 +334,11 @@ def phase_evaluate_deferred(data: dict, opts) -> dict:
         rows = []
         for suffix, strategy in (("", "policy"), ("-warmup", "policy_warmup")):
             path = WORK / f"checkpoint-{kind}{suffix}"
-            if not path.exists():
-                continue
-            model = EarlyExitForCausalLM.from_pretrained(path, kv_fill="deferred").eval()
-            table = evaluate_exits(
-                model, tokenizer, prompts, {"policy": POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS},
-                max_new_tokens=8 if opts.quick else opts.eval_tokens, reference_model=original,
-                rounds=1 if opts.quick else opts.rounds, lossless=False,
-            )
-            for row in table.rows:
-                if row["strategy"] == "policy":
-                    row["point"] = row["point"].replace("policy", f"{strategy}+deferred")
-                    row["strategy"], row["backbone"] = f"{strategy}+deferred", kind
-                    rows.append(row)
+            if path.exists():
+                rows += policy_rows(path, f"{strategy}+deferred", original, tokenizer, prompts, opts,
+                                    kv_fill="deferred")
+        for row in rows:
+            row["backbone"] = kind
         results[kind] = rows
         print(f"[evaluate-deferred] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
     return results
@@ -442,8 +440,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
-    update_table("consistentee", text)
+def publish(report: dict, name: str, readme: bool) -> None:
+    """Summary, ``results/<name>.json``, the figure and (``readme``) the table in ``bench/README.md``."""
+    report["summary"] = summarise(report["points"])
+    atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(report, indent=2))
+    plot(report["points"], ROOT / "results" / f"{name}.png", report["meta"].get("evaluated"))
+    if readme:
+        update_table("consistentee", markdown(report))
+    print(markdown(report))
 
 
 def main() -> None:
@@ -472,13 +476,9 @@ def main() -> None:
     opts = parser.parse_args()
     global WORK
     WORK = WORK_ROOT / ("quick" if opts.quick else "full")
+    name = "consistentee_quick" if opts.quick else "consistentee"
     if opts.phase == "render":
-        report = json.loads((ROOT / "results" / "consistentee.json").read_text())
-        report["summary"] = summarise(report["points"])
-        atomic_write_text(ROOT / "results" / "consistentee.json", json.dumps(report, indent=2))
-        plot(report["points"], ROOT / "results" / "consistentee.png", report["meta"].get("evaluated"))
-        update_readme(markdown(report))
-        print(markdown(report))
+        publish(json.loads((ROOT / "results" / f"{name}.json").read_text()), name, readme=not opts.quick)
         return
     torch.set_num_threads(opts.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -496,24 +496,17 @@ def main() -> None:
         policy_seconds = policy["seconds"] if isinstance(policy["seconds"], dict) else {"policy": policy["seconds"]}
         training[kind] = {"seconds": {**heads["seconds"], **policy_seconds}, "heads": heads, "policy": policy}
     if opts.phase == "evaluate-deferred":
-        name = "consistentee_quick" if opts.quick else "consistentee"
         report = json.loads((ROOT / "results" / f"{name}.json").read_text())
         for kind, rows in phase_evaluate_deferred(data, opts).items():
             added = {r["strategy"] for r in rows}
             report["points"][kind] = [r for r in report["points"][kind] if r["strategy"] not in added] + rows
-        report["summary"] = summarise(report["points"])
-        atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(report, indent=2))
-        plot(report["points"], ROOT / "results" / f"{name}.png", report["meta"].get("evaluated"))
-        if not opts.quick:
-            update_readme(markdown(report))
-        print(markdown(report))
+        publish(report, name, readme=not opts.quick)
         return
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)
     for kind, rows in phase_evaluate_deferred(data, opts).items():
         results[kind] += rows
-    name = "consistentee_quick" if opts.quick else "consistentee"
     previous_path = ROOT / "results" / f"{name}.json"
     evaluated = {kind: "this run" for kind in results}
     if previous_path.exists():  # models not re-evaluated keep their earlier rows, marked as such
@@ -529,14 +522,9 @@ def main() -> None:
                  "eval_tokens": opts.eval_tokens, "rounds": opts.rounds, "exit_layers": EXIT_LAYERS,
                  "training_examples": len(data["train"]), "evaluated": evaluated},
         "training": training,
-        "summary": summarise(results),
         "points": results,
     }
-    atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(report, indent=2))
-    plot(results, ROOT / "results" / f"{name}.png", evaluated)
-    if not opts.quick:
-        update_readme(markdown(report))
-    print(markdown(report))
+    publish(report, name, readme=not opts.quick)
 
 
 if __name__ == "__main__":
