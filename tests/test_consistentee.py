@@ -435,8 +435,13 @@ def test_lossless_mode_equals_the_full_models_greedy_output(tokenizer, trained_t
 def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer, trained_tiny):
     backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4).eval()
     model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
-    calls = [0] * 4
-    hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+    calls, positions = [0] * 4, [0] * 4
+
+    def count(module, args, i):
+        calls[i] += 1
+        positions[i] += args[0].shape[1]
+
+    hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: count(m, a, i))
              for i, layer in enumerate(model._layers())]
     ids = tokenizer(["harry potter studied at"], return_tensors="pt")["input_ids"]
     try:
@@ -445,9 +450,11 @@ def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer, train
     finally:
         for hook in hooks:
             hook.remove()
-    # Lower layers: the prompt, then every draft token; upper layers: the prompt, then one verify pass per round.
-    assert calls[0] == calls[1] == 1 + out.draft_tokens
-    assert calls[2] == calls[3] == 1 + out.rounds
+    # Lower layers: the prompt, then every step; upper layers: the prompt, then one verifying step per round, which
+    # runs the pending drafts with its own token: no position passes a layer twice.
+    steps = out.draft_tokens + out.rounds
+    assert calls[0] == calls[1] == 1 + steps and calls[2] == calls[3] == 1 + out.rounds
+    assert positions[0] == positions[1] == positions[2] == positions[3] == ids.shape[1] + steps
     full = backbone.generate(ids, max_new_tokens=9, do_sample=False, eos_token_id=[], pad_token_id=0)
     stop = int(full[0, ids.shape[1] + 2])
     stopped = model.generate_lossless(ids, max_new_tokens=9, eos_token_id=stop, exit_strategy="fixed",
@@ -455,6 +462,22 @@ def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer, train
     assert int(stopped.sequences[0, -1]) == stop and stopped.sequences.shape[1] <= ids.shape[1] + 3
     with pytest.raises(ValueError, match="one sequence at a time"):
         model.generate_lossless(torch.cat([ids, ids]), exit_strategy="fixed", fixed_exit_layer=2)
+
+
+def test_lossless_drafts_come_from_the_shortlist(tokenizer, trained_tiny):
+    backbone = trained_tiny(tokenizer, "llama", steps=60, layers=4).eval()
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
+    ids = tokenizer(["harry potter studied at"], return_tensors="pt")["input_ids"]
+    expected = backbone.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=[], pad_token_id=0)
+    settings = dict(max_new_tokens=10, eos_token_id=[], exit_strategy="fixed", fixed_exit_layer=3)
+    with_full_head = model.generate_lossless(ids, **settings)
+    assert with_full_head.accepted_tokens > 0  # the layer-3 exit does guess some tokens right
+    # A shortlist without any of the full model's tokens: every draft is wrong, the output still exact.
+    absent = [t for t in range(len(tokenizer)) if t not in set(expected[0].tolist())][:8]
+    model.set_exit_shortlist(absent)
+    out = model.generate_lossless(ids, **settings)
+    assert torch.equal(out.sequences, expected)
+    assert out.draft_tokens > 0 and out.accepted_tokens == 0
 
 
 # ---------------------------------------------------------------------------------------------- evaluate_exits
@@ -490,6 +513,10 @@ def test_evaluate_exits_reports_what_the_model_does(tokenizer, trained_tiny, tmp
     assert rows["full model"]["perplexity"] == pytest.approx(rows["fixed=4"]["perplexity"], rel=1e-5)
     lossless = [row for row in table.rows if row["strategy"] == "lossless"]
     assert len(lossless) == 3 and all(row["generation_agreement"] == 1.0 for row in lossless)
+    # The last layer is no internal exit: no drafts there; the layer-2 exit drafts until four are pending.
+    assert rows["lossless, fixed=4 drafts (k=4)"]["drafts_per_token"] == 0
+    drafting = rows["lossless, fixed=2 drafts (k=4)"]
+    assert drafting["drafts_per_token"] >= 0.5 and 0 <= drafting["draft_acceptance"] <= 1
     assert all(row["tokens_per_s"] > 0 for row in table.rows)
     table.plot(tmp_path / "exits.png")
     table.to_json(tmp_path / "exits.json")

@@ -380,7 +380,7 @@ def test_deferred_fill_generates_what_the_exact_cache_generates(backbone, tokeni
         out = model.generate(ids, max_new_tokens=8, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, **settings)
         outputs[fill], exits[fill] = out, model.exit_stats.mean_exit_layer
-        if fill == "deferred":  # the lossless mode drafts with the state fill and still equals the full model
+        if fill == "deferred":  # the lossless mode (which always defers its drafts' layers) equals the full model
             full = backbone.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
                                      eos_token_id=[], pad_token_id=0)
             lossless = model.generate_lossless(ids, max_new_tokens=8, eos_token_id=[], **settings)

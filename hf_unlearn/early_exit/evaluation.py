@@ -191,6 +191,8 @@ def evaluate_exits(
                         **point["settings"],
                     )
                     outputs.append(drafts.sequences)
+                    draft_counts[point["point"]][0] += drafts.draft_tokens
+                    draft_counts[point["point"]][1] += drafts.accepted_tokens
                 elif point.get("baseline"):
                     outputs.append(reference.generate(ids, attention_mask=mask, **stop))
                 else:
@@ -202,11 +204,13 @@ def evaluate_exits(
         seconds: dict[str, list[float]] = {p["point"]: [] for p in timed}
         generations: dict[str, list[torch.Tensor]] = {}
         mean_exits: dict[str, float] = {}
+        draft_counts: dict[str, list[int]] = {}  # lossless points: [drafted, accepted] in the last round
         runs = len(timed) * (rounds if measure_speed else 1)
         progress = tqdm(total=runs, desc="Evaluating exits", disable=disable_tqdm)
         for round_index in range(rounds if measure_speed else 1):
             for point in timed:
                 model.exit_stats.reset()
+                draft_counts[point["point"]] = [0, 0]
                 start = time.perf_counter()
                 outputs = run(point)
                 if device.type == "cuda":
@@ -249,8 +253,11 @@ def evaluate_exits(
                 if full_agreement is None:
                     full_agreement = _teacher_forced(model, scored, encoded, {"exit_strategy": "none"})[0]
                 row["agreement"] = full_agreement
-                if point.get("lossless") and not math.isnan(mean_exits[point["point"]]):
-                    row["mean_draft_exit_layer"] = mean_exits[point["point"]]
+                if point.get("lossless"):
+                    drafted, accepted = draft_counts[point["point"]]
+                    # Drafts per generated token and the share of them the full model kept.
+                    row["drafts_per_token"] = drafted / new_tokens
+                    row["draft_acceptance"] = accepted / drafted if drafted else float("nan")
             rows.append(row)
     meta = {"layers": depth, "prompts": len(encoded), "max_new_tokens": max_new_tokens, "rounds": rounds,
             "exit_layers": list(model.config.exit_layers)}

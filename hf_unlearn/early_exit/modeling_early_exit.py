@@ -300,7 +300,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             setattr(self.config, name, value)
 
     def set_exit_shortlist(self, token_ids: torch.Tensor | list[int]) -> None:
-        """Tokens whose logits screen exits cheaply (`confidence` and `entropy` strategies); empty to remove."""
+        """Tokens whose logits screen exits cheaply (`confidence` and `entropy` strategies) and from which the lossless
+        mode's drafts are chosen; empty to remove."""
         ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().unique()
         vocab = self.config.backbone_config.vocab_size
         if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
@@ -753,23 +754,11 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         """Per-position exits by the strategy; ``states``, if a list, receives the hidden state after each layer
         that ran. Several positions with ``kv_fill="deferred"`` run as ``"compute"`` (the same keys/values)."""
         masks, position_embeddings, position_ids, cache, use_cache = walk
-        config = self.config
         depth = self._depth
         strategy = settings["exit_strategy"]
-        internal = set(self._exit_index)
-        if strategy == "fixed":
-            internal = {settings["fixed_exit_layer"]} & internal
-        elif strategy == "none":
-            internal = set()
-        elif strategy == "policy" and not config.policy_trained and not self._warned_untrained_policy:
-            warnings.warn(
-                "exit_strategy='policy' with an untrained policy head: its exits are arbitrary. Train it with "
-                "hf_unlearn's ConsistentEETrainer, or use 'confidence', 'entropy', 'patience' or 'fixed'.",
-                stacklevel=3,
-            )
-            self._warned_untrained_policy = True
+        internal = self._checked_exits(settings)
         batch, length = hidden.shape[:2]
-        kv_fill = kv_fill or config.kv_fill
+        kv_fill = kv_fill or self.config.kv_fill
         if batch * length == 1 and kv_fill in ("state", "deferred"):
             return self._exit_one_token(hidden, walk, settings, internal, states, deferred=kv_fill == "deferred")
         device = hidden.device
@@ -823,8 +812,24 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         self.exit_stats.update(exit_layers)
         return EarlyExitCausalLMOutput(logits=logits_out, exit_layers=exit_layers)
 
+    def _checked_exits(self, settings: dict[str, Any]) -> set[int]:
+        """The internal exits at which the strategy decides."""
+        strategy = settings["exit_strategy"]
+        if strategy == "fixed":
+            return {settings["fixed_exit_layer"]} & set(self._exit_index)
+        if strategy == "none":
+            return set()
+        if strategy == "policy" and not self.config.policy_trained and not self._warned_untrained_policy:
+            warnings.warn(
+                "exit_strategy='policy' with an untrained policy head: its exits are arbitrary. Train it with "
+                "hf_unlearn's ConsistentEETrainer, or use 'confidence', 'entropy', 'patience' or 'fixed'.",
+                stacklevel=4,
+            )
+            self._warned_untrained_policy = True
+        return set(self._exit_index)
+
     def _exit_one_token(
-        self, hidden, walk, settings, internal, states=None, deferred: bool = False
+        self, hidden, walk, settings, internal, states=None, deferred: bool = False, draft: bool = False
     ) -> EarlyExitCausalLMOutput:
         """`_forward_with_exits` for one position (batch-1 decoding, the case early exit is for): the same
         decisions, without the per-layer bookkeeping of which positions are still running, which costs about a
@@ -833,7 +838,12 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         With ``deferred`` (``kv_fill="deferred"``) a token that exits leaves its deeper layers pending (kept on the
         cache) instead of filling them, and the next token that reaches such a layer runs it for them too, in the
         same layer call. Every token then attends to exact keys/values, as with ``"compute"``, while a layer call
-        with two or three positions costs little more than with one where decoding is memory-bound."""
+        with two or three positions costs little more than with one where decoding is memory-bound.
+
+        ``draft`` (the lossless mode's steps): an early exit only proposes a token, so its logits come from the
+        token shortlist when one is set (``-inf`` elsewhere; a tenth of the full head's cost at 4096 tokens), and a
+        step that reaches the last layer returns the full model's logits of every pending position it completed,
+        in position order, before its own."""
         masks, position_embeddings, position_ids, cache, use_cache = walk
         depth = self._depth
         layers = self._layers()
@@ -878,6 +888,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 if bool(exit_now[0]):
                     exit_layer = k
                     break
+        completed = [p[2] for p in pending if p[1] == depth]
         if deferred:
             pending = [p for p in pending if p[1] < depth]
             if exit_layer < depth:
@@ -886,10 +897,16 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         else:
             for rest in range(exit_layer, depth):
                 self.fill_skipped_layer(rest, hidden, position_embeddings, cache)
-        if exit_layer == depth or logits is None:
-            logits = self.exit_logits(hidden, exit_layer)
-        else:
+        if draft and exit_layer == depth:
+            logits = self.exit_logits(torch.cat([*completed, hidden], dim=1), depth)
+        elif logits is not None and exit_layer < depth:
             logits = logits.view(1, 1, -1)
+        elif draft and self.early_exit.shortlist.numel():
+            ids = self.early_exit.shortlist
+            logits = hidden.new_full((1, 1, self.config.backbone_config.vocab_size), float("-inf"))
+            logits[..., ids] = self._shortlist_logits(hidden, exit_layer).to(logits.dtype)
+        else:
+            logits = self.exit_logits(hidden, exit_layer)
         exit_layers = torch.full((1, 1), exit_layer, dtype=torch.long, device=hidden.device)
         self.exit_stats.update(exit_layers)
         return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
@@ -943,11 +960,14 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> LosslessGenerationOutput:
         """Greedy generation that equals the full model's, token for token, using early exits as drafts.
 
-        Self-speculative decoding: draft ``num_draft_tokens`` tokens with the exit strategy (``exit_overrides`` or
-        the config's), then verify them with the full model in one pass and keep the longest agreeing prefix plus
-        the full model's token at the first disagreement. The verify pass reuses the draft's cache for the layers
-        below the shallowest exit of the drafts (computed exactly there) and recomputes only the layers above.
-        One sequence at a time.
+        Self-speculative decoding in which the exit strategy (``exit_overrides`` or the config's) decides the draft
+        length: a token that exits early proposes the next token (from the token shortlist when one is set) and
+        leaves its deeper layers pending, as ``kv_fill="deferred"`` does; the next token that runs to the last
+        layer (because the strategy does not exit it, or ``num_draft_tokens`` drafts are pending) runs the pending
+        layers with its own, in the same layer calls, so that pass verifies every pending draft against the full
+        model's logits. The longest agreeing prefix is kept, plus the full model's token at the first disagreement
+        (the cache is cut back there); when all agree, the verifying token's own output is one more exact token.
+        Nothing is computed twice except the layers of rejected drafts. One sequence at a time.
 
         Example:
             >>> out = model.generate_lossless(input_ids, max_new_tokens=64, exit_strategy="policy")
@@ -961,82 +981,53 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("num_draft_tokens and max_new_tokens must be >= 1")
         settings = exit_settings(self.config, **exit_overrides)
         check_exit_settings(self.config, **settings)
+        internal = self._checked_exits(settings)
         if eos_token_id is None:
             eos_token_id = self.generation_config.eos_token_id
         stops = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
         depth = self._depth
         cache = DynamicCache(config=self.config.backbone_config)
         out = self(input_ids, cache=cache, use_cache=True, exit_strategy="none")
-        token = out.logits[:, -1:].argmax(-1)
-        generated = [token]
-        drafted = accepted = rounds = 0
-        while sum(t.shape[1] for t in generated) < max_new_tokens and int(token) not in stops:
+        prompt_length = input_ids.shape[1]
+        generated = [int(out.logits[0, -1].argmax())]
+        unverified = drafted = accepted = rounds = 0  # unverified: the trailing drafts of `generated`
+        while unverified or (len(generated) < max_new_tokens and generated[-1] not in stops):
+            # Verify now when the drafts are at their limit or would run past the end of the answer.
+            verify = unverified >= num_draft_tokens or len(generated) >= max_new_tokens or generated[-1] in stops
+            step = self._lossless_step(
+                generated[-1], cache, prompt_length + len(generated) - 1, settings, set() if verify else internal
+            )
+            if int(step.exit_layers[0, 0]) < depth:
+                generated.append(int(step.logits[0, -1].argmax()))
+                unverified += 1
+                drafted += 1
+                continue
             rounds += 1
-            start = cache.get_seq_length()
-            drafts, exits, states = [], [], []
-            current = token
-            for step in range(num_draft_tokens):
-                layer_states: list[torch.Tensor] = []
-                step_out = self._draft_step(current, cache, start + step, settings, layer_states)
-                current = step_out.logits[:, -1:].argmax(-1)
-                drafts.append(current)
-                exits.append(int(step_out.exit_layers[0, -1]))
-                states.append(layer_states)
-            shallowest = min(exits)
-            verify_hidden = torch.cat([layer_states[shallowest - 1] for layer_states in states], dim=1)
-            for index in range(shallowest, depth):
-                cache.layers[index].crop(-num_draft_tokens)
-            position_ids = torch.arange(start, start + num_draft_tokens, device=input_ids.device).unsqueeze(0)
-            full = self._run_layers_from(verify_hidden, shallowest, cache, position_ids)
-            targets = full.argmax(-1)  # (1, num_draft_tokens): the full model's token after each input
-            draft_ids = torch.cat(drafts, dim=1)
-            agree = (targets == draft_ids)[0].int()
-            kept = int(agree.cumprod(0).sum())
-            drafted += num_draft_tokens
+            targets = step.logits[0].argmax(-1).tolist()  # the full model's token after each completed position
+            drafts = generated[len(generated) - unverified :]
+            kept = next((i for i, (d, t) in enumerate(zip(drafts, targets)) if d != t), unverified)
             accepted += kept
-            if kept < num_draft_tokens:
-                new = torch.cat([draft_ids[:, :kept], targets[:, kept : kept + 1]], dim=1)
-                surplus = num_draft_tokens - 1 - kept
-                if surplus:
-                    cache.crop(-surplus)
-            else:
-                new = draft_ids
-            for position in range(new.shape[1]):
-                if int(new[0, position]) in stops:
-                    new = new[:, : position + 1]
-                    break
-            generated.append(new)
-            token = new[:, -1:]
-        sequence = torch.cat([input_ids, *generated], dim=1)[:, : input_ids.shape[1] + max_new_tokens]
+            generated = generated[: len(generated) - unverified + kept] + [targets[kept]]
+            if kept < unverified:  # keep the inputs up to the corrected token's position
+                cache.crop(prompt_length + len(generated) - 1 - cache.get_seq_length())
+            unverified = 0
+            stop = next((i for i, token in enumerate(generated) if token in stops), None)
+            if stop is not None:
+                generated = generated[: stop + 1]
+        sequence = torch.cat([input_ids, torch.tensor([generated[:max_new_tokens]], device=input_ids.device)], dim=1)
         return LosslessGenerationOutput(
             sequences=sequence, draft_tokens=drafted, accepted_tokens=accepted, rounds=rounds
         )
 
-    def _draft_step(self, token, cache, position, settings, states) -> EarlyExitCausalLMOutput:
-        position_ids = torch.tensor([[position]], device=token.device)
-        hidden = self._embed(token, None, position_ids)
+    def _lossless_step(self, token: int, cache, position: int, settings, internal) -> EarlyExitCausalLMOutput:
+        device = self.early_exit.shortlist.device
+        position_ids = torch.tensor([[position]], device=device)
+        hidden = self._embed(torch.tensor([[token]], device=device), None, position_ids)
         masks = self._attention_masks(hidden, None, cache, position_ids)
         rotary = self._part("rotary_emb")
         embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
         walk = (masks, embeddings, position_ids, cache, True)
-        if settings["exit_strategy"] == "none":
-            output = self._forward_full(hidden, walk, 0, states)
-        else:
-            # The verify pass crops and recomputes the deep layers, which pending (deferred) layers would upset.
-            kv_fill = "state" if self.config.kv_fill == "deferred" else None
-            output = self._forward_with_exits(hidden, walk, settings, None, states, kv_fill=kv_fill)
-        return output
-
-    def _run_layers_from(self, hidden, first_layer, cache, position_ids) -> torch.Tensor:
-        """Logits of the full model for ``hidden``, the states after ``first_layer`` layers (the lower layers' cache
-        entries for these positions already in place)."""
-        masks = self._attention_masks(hidden, None, cache, position_ids, first_layer=first_layer)
-        rotary = self._part("rotary_emb")
-        embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
-        layers = self._layers()
-        for index in range(first_layer, self._depth):
-            hidden = self._run_layer(layers[index], hidden, masks[index], embeddings, position_ids, cache, True)
-        return self.exit_logits(hidden, self._depth)
+        return self._exit_one_token(hidden, walk, settings, internal, deferred=True, draft=True)
 
 
 @dataclass
