@@ -12,7 +12,10 @@ Phases (each cached under ``bench/results/consistentee_work/``, git-ignored, so 
   target is the model with the adapter disabled), merged into the backbone afterwards.
 * ``evaluate``: ``evaluate_exits`` on the held-out prompts for both models against the *original* full model:
   ConsistentEE's policy, confidence, entropy, patience and fixed exits, transformers' ``assistant_early_exit`` and
-  the lossless mode, each point with measured tokens/s (interleaved rounds, medians) and teacher-forced agreement.
+  the lossless mode, each point with measured tokens/s (interleaved rounds, medians) and teacher-forced agreement;
+  then the policies with ``kv_fill="deferred"`` and with the checked exits ``select_checked_exits`` picks.
+* ``evaluate-deferred``, ``evaluate-lossless``, ``evaluate-checked``: one of those groups of rows again, replacing
+  its rows in ``results/consistentee.json``.
 
     python bench/bench_consistentee.py                     # all phases, ~2.5 h on 2 CPU cores
     python bench/bench_consistentee.py --phase evaluate    # re-evaluate the trained checkpoints
@@ -50,7 +53,12 @@ from hf_unlearn import (  # noqa: E402
     losses,  # noqa: E402
 )
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
-from hf_unlearn.early_exit import ExitEvaluation, evaluate_exits, token_shortlist  # noqa: E402
+from hf_unlearn.early_exit import (  # noqa: E402
+    ExitEvaluation,
+    evaluate_exits,
+    select_checked_exits,
+    token_shortlist,
+)
 from hf_unlearn.smollm2 import load_smollm2, smollm2_path  # noqa: E402
 
 WORK_ROOT = ROOT / "results" / "consistentee_work"
@@ -100,6 +108,8 @@ EXIT_LAYERS = list(range(8, 30, 2))
 # checks (about 0.9 ms, two thirds of a layer), more than they gain over the hidden state on these exits.
 POLICY_FEATURES = "hidden"
 POLICY_THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95]
+# Drafts of the lossless mode: a rejected draft wastes its layers, so fewer, surer drafts do better here.
+LOSSLESS_THRESHOLDS = [0.5, 0.7, 0.8, 0.9]
 STRATEGIES = {
     "policy": POLICY_THRESHOLDS,
     "confidence": [0.7, 0.9, 0.95],
@@ -295,9 +305,68 @@ def policy_rows(path: Path, strategy: str, original, tokenizer, prompts: list[st
     return rows
 
 
-def phase_evaluate(data: dict, opts) -> dict:
+def evaluation_inputs(data: dict, opts) -> tuple:
+    """The original model (the reference), its tokenizer and the held-out prompts (two with ``--quick``)."""
     original, tokenizer = load_smollm2()
-    prompts = data["held_out_prompts"][: 2 if opts.quick else len(data["held_out_prompts"])]
+    return original, tokenizer, data["held_out_prompts"][: 2 if opts.quick else len(data["held_out_prompts"])]
+
+
+def lossless_rows(model, original, tokenizer, prompts: list[str], opts) -> list[dict]:
+    """The lossless mode with the policy's drafts at ``LOSSLESS_THRESHOLDS``."""
+    table = evaluate_exits(
+        model, tokenizer, prompts, {"policy": LOSSLESS_THRESHOLDS[:1] if opts.quick else LOSSLESS_THRESHOLDS},
+        max_new_tokens=8 if opts.quick else opts.eval_tokens, reference_model=original,
+        rounds=1 if opts.quick else opts.rounds, lossless=True,
+    )
+    return [r for r in table.rows if r["strategy"] == "lossless"]
+
+
+def phase_evaluate_lossless(data: dict, opts) -> dict:
+    """The lossless mode's rows again, for ``--phase evaluate-lossless``."""
+    original, tokenizer, prompts = evaluation_inputs(data, opts)
+    results = {}
+    for kind in opts.models:
+        model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}").eval()
+        results[kind] = [{**row, "backbone": kind} for row in lossless_rows(model, original, tokenizer, prompts, opts)]
+        print(f"[evaluate-lossless] {kind}:\n" + ExitEvaluation(results[kind]).to_markdown(), flush=True)
+    return results
+
+
+def phase_evaluate_checked(data: dict, opts) -> dict:
+    """The REINFORCE policy with the deferred fill, checking only the exits that ``select_checked_exits`` picks for
+    each threshold on the policy's own calibration answers (the memorized-layer split, never the held-out prompts):
+    rows ``policy+deferred+checked`` and ``lossless+checked``."""
+    from datasets import load_from_disk
+
+    original, tokenizer, prompts = evaluation_inputs(data, opts)
+    results = {}
+    for kind in opts.models:
+        model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}", kv_fill="deferred").eval()
+        indices = load_from_disk(str(WORK / f"memorized-{kind}"))["example_index"][: 4 if opts.quick else 64]
+        answers = [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
+        rows = []
+        lossless = LOSSLESS_THRESHOLDS[1:3]
+        for threshold in POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS:
+            checked = select_checked_exits(model, tokenizer, answers, exit_strategy="policy",
+                                           policy_threshold=threshold)
+            model.config.checked_exits = checked
+            table = evaluate_exits(
+                model, tokenizer, prompts, {"policy": [threshold]}, reference_model=original,
+                max_new_tokens=8 if opts.quick else opts.eval_tokens, rounds=1 if opts.quick else opts.rounds,
+                lossless=threshold in lossless,
+            )
+            for row in table.rows:
+                if row["strategy"] in ("policy", "lossless"):
+                    name = "policy+deferred+checked" if row["strategy"] == "policy" else "lossless+checked"
+                    rows.append({**row, "strategy": name, "point": row["point"].replace(row["strategy"], name, 1),
+                                 "checked_exits": checked, "backbone": kind})
+        results[kind] = rows
+        print(f"[evaluate-checked] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
+    return results
+
+
+def phase_evaluate(data: dict, opts) -> dict:
+    original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
         model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}").eval()
@@ -306,11 +375,7 @@ def phase_evaluate(data: dict, opts) -> dict:
             model, tokenizer, prompts, strategies, max_new_tokens=8 if opts.quick else opts.eval_tokens,
             reference_model=original, rounds=1 if opts.quick else opts.rounds, lossless=False,
         )
-        lossless = evaluate_exits(
-            model, tokenizer, prompts, {"policy": [0.5, 0.9]}, max_new_tokens=8 if opts.quick else opts.eval_tokens,
-            reference_model=original, rounds=1 if opts.quick else opts.rounds, lossless=True,
-        )
-        rows = table.rows + [r for r in lossless.rows if r["strategy"] == "lossless"]
+        rows = table.rows + lossless_rows(model, original, tokenizer, prompts, opts)
         oracle = oracle_bound(model, original, tokenizer, prompts, 8 if opts.quick else opts.eval_tokens)
         rows.append({"point": "oracle (memorized layer; not a strategy)", "strategy": "oracle", "agreement": 1.0,
                      "generation_agreement": 1.0, **oracle})
@@ -327,8 +392,7 @@ def phase_evaluate(data: dict, opts) -> dict:
 def phase_evaluate_deferred(data: dict, opts) -> dict:
     """The policies again with ``kv_fill="deferred"`` (an exited token's skipped layers run with the next token:
     the exact cache), as rows ``policy+deferred`` and ``policy_warmup+deferred`` beside the others."""
-    original, tokenizer = load_smollm2()
-    prompts = data["held_out_prompts"][: 2 if opts.quick else len(data["held_out_prompts"])]
+    original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
         rows = []
@@ -437,6 +501,11 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['point']} | {speed} | {exit_layer} | {layer} | {r['agreement']:.3f} | "
                          f"{r['generation_agreement']:.3f} |")
         lines.append("")
+        drafting = [r for r in rows if "draft_acceptance" in r]
+        if drafting:
+            lines += [f"Lossless mode's drafts, {kind} backbone: " + "; ".join(
+                f"{r['point']}: {r['drafts_per_token']:.2f} drafts per token, {r['draft_acceptance']:.0%} kept"
+                for r in drafting), ""]
     return "\n".join(lines)
 
 
@@ -450,13 +519,22 @@ def publish(report: dict, name: str, readme: bool) -> None:
     print(markdown(report))
 
 
+# Phases that add rows to an existing results/consistentee.json (replacing those of the same strategies).
+EXTRA_PHASES = {
+    "evaluate-deferred": phase_evaluate_deferred,
+    "evaluate-lossless": phase_evaluate_lossless,
+    "evaluate-checked": phase_evaluate_checked,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", default="all",
-                        choices=["all", "data", "frozen", "lora", "evaluate", "evaluate-deferred", "render"],
-                        help="evaluate-deferred: add the policies' rows with kv_fill='deferred' to "
-                             "results/consistentee.json; render: redraw the figure and tables from it, measuring "
-                             "nothing")
+                        choices=["all", "data", "frozen", "lora", "evaluate", *EXTRA_PHASES, "render"],
+                        help="evaluate-deferred / evaluate-lossless / evaluate-checked: replace the policies' rows "
+                             "with kv_fill='deferred' / the lossless mode's rows / the rows with selected checked "
+                             "exits in results/consistentee.json; render: redraw the figure and tables from it, "
+                             "measuring nothing")
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--head-steps", type=int, default=700)
@@ -495,9 +573,9 @@ def main() -> None:
             policy = json.loads((WORK / f"policy-{kind}.json").read_text())
         policy_seconds = policy["seconds"] if isinstance(policy["seconds"], dict) else {"policy": policy["seconds"]}
         training[kind] = {"seconds": {**heads["seconds"], **policy_seconds}, "heads": heads, "policy": policy}
-    if opts.phase == "evaluate-deferred":
+    if opts.phase in EXTRA_PHASES:
         report = json.loads((ROOT / "results" / f"{name}.json").read_text())
-        for kind, rows in phase_evaluate_deferred(data, opts).items():
+        for kind, rows in EXTRA_PHASES[opts.phase](data, opts).items():
             added = {r["strategy"] for r in rows}
             report["points"][kind] = [r for r in report["points"][kind] if r["strategy"] not in added] + rows
         publish(report, name, readme=not opts.quick)
@@ -505,8 +583,9 @@ def main() -> None:
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)
-    for kind, rows in phase_evaluate_deferred(data, opts).items():
-        results[kind] += rows
+    for phase in (phase_evaluate_deferred, phase_evaluate_checked):
+        for kind, rows in phase(data, opts).items():
+            results[kind] += rows
     previous_path = ROOT / "results" / f"{name}.json"
     evaluated = {kind: "this run" for kind in results}
     if previous_path.exists():  # models not re-evaluated keep their earlier rows, marked as such

@@ -337,6 +337,62 @@ def test_batched_generation_equals_each_row_alone(backbone, tokenizer, strategy,
         assert torch.equal(batched[row, -8:], alone[0, new:]), (row, settings)
 
 
+def test_checked_exits_restrict_where_the_policy_decides(backbone, tokenizer):
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, policy_trained=True).eval()
+    ids, hidden = _step_hidden(backbone, tokenizer)
+    with torch.no_grad():
+        for parameter in model.early_exit.policy.parameters():
+            parameter.normal_(std=0.5)
+    probs = {k: model.exit_probability(hidden[k], k)[0, -1].item() for k in (1, 2, 3)}
+    asked = []
+    hook = model.early_exit.policy.register_forward_pre_hook(lambda m, args: asked.append(args[1]))
+    try:
+        for checked in ([2], [1, 3], []):
+            for threshold in (0.05, 0.5, 0.95):
+                asked.clear()
+                out = _one_step(model, ids, exit_strategy="policy", policy_threshold=threshold, checked_exits=checked)
+                expected = next((k for k in checked if probs[k] > threshold), 4)
+                assert out.exit_layers.item() == expected
+                # The policy ran at the checked exits up to the one taken, nowhere else.
+                assert asked == [model._exit_index[k] for k in checked if k <= expected]
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match=r"checked_exits must be a subset of the internal exit layers \[1, 2, 3\]"):
+        _one_step(model, ids, exit_strategy="policy", checked_exits=[2, 4])
+
+
+def test_checked_exit_selection_weighs_checks_against_layers_saved():
+    from hf_unlearn.early_exit.checked_exits import choose_checked_exits, expected_cost
+
+    # Exits after layers 1, 2, 3 of 4; the strategy would stop tokens 0 and 2 at exit 2, never at exits 1 and 3.
+    decisions = torch.tensor([[False, False, False, False], [True, False, True, False], [False] * 4])
+    # By hand: checking all three, tokens 0 and 2 run 2 layers + 2 checks, tokens 1 and 3 run 4 layers + 3 checks.
+    assert expected_cost(decisions, [1, 2, 3], 4, 0.25) == pytest.approx((2 * 2.5 + 2 * 4.75) / 4)
+    assert expected_cost(decisions[1:2], [2], 4, 0.25) == pytest.approx((2.25 + 4.25) / 2)
+    assert choose_checked_exits(decisions, [1, 2, 3], 4, check_cost=0.25) == [2]
+    assert choose_checked_exits(decisions, [1, 2, 3], 4, check_cost=0.0) == [1, 2, 3]  # checks are free
+    assert choose_checked_exits(decisions, [1, 2, 3], 4, check_cost=10.0) == []  # no exit pays for its checks
+
+
+def test_select_checked_exits_on_a_model(backbone, tokenizer):
+    from hf_unlearn.early_exit import select_checked_exits
+
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
+    settings = _settings(backbone, "confidence")
+    texts = [("the cat sat", " on the mat"), "harry potter studied at hogwarts"]
+    assert select_checked_exits(model, tokenizer, texts, check_cost=0.0, **settings) == [1, 2, 3]
+    assert select_checked_exits(model, tokenizer, texts, check_cost=100.0, **settings) == []
+    checked = select_checked_exits(model, tokenizer, texts, check_cost=0.5, **settings)
+    assert set(checked) <= {1, 2, 3}
+    model.exit_stats.reset()
+    model.generate(**_batch(tokenizer), max_new_tokens=5, do_sample=False, checked_exits=checked, **settings)
+    assert set(model.exit_stats.as_dict()["histogram"]) <= {*checked, 4}
+    with pytest.raises(ValueError, match="select_checked_exits weighs per-exit decisions"):
+        select_checked_exits(model, tokenizer, texts, exit_strategy="patience")
+    with pytest.raises(ValueError, match="texts is empty"):
+        select_checked_exits(model, tokenizer, [], **settings)
+
+
 def test_exit_statistics_count_decided_tokens_and_reset(backbone, tokenizer):
     model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
     model.exit_stats.reset()

@@ -7,6 +7,7 @@ Example:
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .checked_exits import select_checked_exits
 from .configuration_early_exit import EXIT_STRATEGIES, EarlyExitConfig
 from .evaluation import ExitEvaluation, evaluate_exits
 from .modeling_early_exit import (
@@ -32,5 +33,6 @@ __all__ = [
     "ExitStatistics",
     "LosslessGenerationOutput",
     "evaluate_exits",
+    "select_checked_exits",
     "token_shortlist",
 ]

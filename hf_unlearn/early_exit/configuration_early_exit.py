@@ -68,6 +68,11 @@ class EarlyExitConfig(PretrainedConfig):
             Consecutive exits that must agree on the top-1 token for the `"patience"` strategy, >= 1.
         fixed_exit_layer (`int`, *optional*):
             Exit layer of the `"fixed"` strategy; one of `exit_layers`.
+        checked_exits (`list[int]`, *optional*):
+            The internal exits at which the `"policy"`, `"confidence"`, `"entropy"` and `"patience"` strategies
+            decide (default: all of `exit_layers`). Every check costs time, also for the tokens that go on, so
+            skipping exits where few tokens stop can be faster: `hf_unlearn.early_exit.select_checked_exits` picks
+            them from calibration text.
         shortlist_size (`int`, *optional*, defaults to `0`):
             Size of the token shortlist used to screen exits cheaply for the `"confidence"`, `"entropy"` and
             `"patience"` strategies (0: none). The shortlist only screens: a token exits only where the full head
@@ -104,6 +109,7 @@ class EarlyExitConfig(PretrainedConfig):
         entropy_threshold: float = 0.5,
         patience: int = 2,
         fixed_exit_layer: int | None = None,
+        checked_exits: list[int] | None = None,
         shortlist_size: int = 0,
         kv_fill: str = "state",
         backbone_layout: dict[str, Any] | None = None,
@@ -126,6 +132,7 @@ class EarlyExitConfig(PretrainedConfig):
         self.entropy_threshold = entropy_threshold
         self.patience = patience
         self.fixed_exit_layer = fixed_exit_layer
+        self.checked_exits = checked_exits
         self.shortlist_size = shortlist_size
         self.kv_fill = kv_fill
         self.backbone_layout = backbone_layout
@@ -196,6 +203,7 @@ EXIT_SETTING_NAMES = (
     "entropy_threshold",
     "patience",
     "fixed_exit_layer",
+    "checked_exits",
 )
 
 
@@ -220,6 +228,11 @@ def check_exit_settings(config: EarlyExitConfig, **settings) -> None:
     patience = settings["patience"]
     if int(patience) != patience or patience < 1:
         raise ValueError(f"patience must be a whole number >= 1 (got {patience})")
+    checked = settings["checked_exits"]
+    if checked is not None and not set(checked) <= set(config.exit_layers):
+        raise ValueError(
+            f"checked_exits must be a subset of the internal exit layers {config.exit_layers} (got {list(checked)})"
+        )
     fixed = settings["fixed_exit_layer"]
     if strategy == "fixed" and fixed not in config.all_exits:
         raise ValueError(

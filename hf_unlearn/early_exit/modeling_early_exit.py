@@ -454,6 +454,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         entropy_threshold: float | None = None,
         patience: int | None = None,
         fixed_exit_layer: int | None = None,
+        checked_exits: list[int] | None = None,
         past_key_values=None,
         **kwargs,
     ) -> EarlyExitCausalLMOutput:
@@ -485,7 +486,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output_exit_logits (`bool`, *optional*, defaults to `True`):
             In the all-exits pass without labels, return every exit's logits. `False` leaves `exit_logits` empty and
             returns the policy's probabilities and the last exit's logits: all the policy's warm start needs.
-        exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer:
+        exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer,
+        checked_exits:
             Override the config's inference settings for this call (also through `generate(...)`).
         """
         if past_key_values is not None:
@@ -502,10 +504,13 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             entropy_threshold=entropy_threshold,
             patience=patience,
             fixed_exit_layer=fixed_exit_layer,
+            checked_exits=checked_exits,
         )
         if exit_strategy is not None or any(
             v is not None
-            for v in (policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer)
+            for v in (
+                policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer, checked_exits
+            )
         ):
             check_exit_settings(self.config, **settings)
 
@@ -826,7 +831,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 stacklevel=4,
             )
             self._warned_untrained_policy = True
-        return set(self._exit_index)
+        checked = settings["checked_exits"]
+        return set(self._exit_index) if checked is None else set(checked) & set(self._exit_index)
 
     def _exit_one_token(
         self, hidden, walk, settings, internal, states=None, deferred: bool = False, draft: bool = False
