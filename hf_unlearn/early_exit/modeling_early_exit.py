@@ -1039,7 +1039,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
 @dataclass
 class LosslessGenerationOutput:
     """Output of [`EarlyExitForCausalLM.generate_lossless`]: the sequences (prompt included) and how the drafts
-    fared."""
+    fared: ``draft_tokens`` proposed by early exits, ``accepted_tokens`` of them kept, ``rounds`` decoding steps
+    that ran to the last layer (each verifies the drafts pending before it)."""
 
     sequences: torch.LongTensor | None = None
     draft_tokens: int = 0
