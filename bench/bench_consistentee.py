@@ -13,9 +13,10 @@ Phases (each cached under ``bench/results/consistentee_work/``, git-ignored, so 
 * ``evaluate``: ``evaluate_exits`` on the held-out prompts for both models against the *original* full model:
   ConsistentEE's policy, confidence, entropy, patience and fixed exits, transformers' ``assistant_early_exit`` and
   the lossless mode, each point with measured tokens/s (interleaved rounds, medians) and teacher-forced agreement;
-  then the policies with ``kv_fill="deferred"`` and with the checked exits ``select_checked_exits`` picks.
-* ``evaluate-deferred``, ``evaluate-lossless``, ``evaluate-checked``: one of those groups of rows again, replacing
-  its rows in ``results/consistentee.json``.
+  then the policies with ``kv_fill="deferred"``, with the checked exits ``select_checked_exits`` picks, and with
+  per-exit thresholds ``calibrate_policy_thresholds`` fits to target agreements.
+* ``evaluate-deferred``, ``evaluate-lossless``, ``evaluate-checked``, ``evaluate-calibrated``: one of those groups
+  of rows again, replacing its rows in ``results/consistentee.json``.
 
     python bench/bench_consistentee.py                     # all phases, ~2.5 h on 2 CPU cores
     python bench/bench_consistentee.py --phase evaluate    # re-evaluate the trained checkpoints
@@ -55,6 +56,7 @@ from hf_unlearn import (  # noqa: E402
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
 from hf_unlearn.early_exit import (  # noqa: E402
     ExitEvaluation,
+    calibrate_policy_thresholds,
     evaluate_exits,
     select_checked_exits,
     token_shortlist,
@@ -110,6 +112,9 @@ POLICY_FEATURES = "hidden"
 POLICY_THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95]
 # Drafts of the lossless mode: a rejected draft wastes its layers, so fewer, surer drafts do better here.
 LOSSLESS_THRESHOLDS = [0.5, 0.7, 0.8, 0.9]
+# Target agreements of the per-exit thresholds (calibrate_policy_thresholds); the lossless mode drafts with two.
+CALIBRATION_TARGETS = [0.9, 0.95, 0.97]
+LOSSLESS_TARGETS = [0.9, 0.95]
 STRATEGIES = {
     "policy": POLICY_THRESHOLDS,
     "confidence": [0.7, 0.9, 0.95],
@@ -332,37 +337,68 @@ def phase_evaluate_lossless(data: dict, opts) -> dict:
     return results
 
 
-def phase_evaluate_checked(data: dict, opts) -> dict:
-    """The REINFORCE policy with the deferred fill, checking only the exits that ``select_checked_exits`` picks for
-    each threshold on the policy's own calibration answers (the memorized-layer split, never the held-out prompts):
-    rows ``policy+deferred+checked`` and ``lossless+checked``."""
+def policy_split_answers(data: dict, kind: str, count: int) -> list[tuple[str, str]]:
+    """``(prompt, answer)`` pairs of the policy's own split (the memorized-layer dataset): calibration text that is
+    neither the exits' training text nor the held-out prompts."""
     from datasets import load_from_disk
 
+    indices = load_from_disk(str(WORK / f"memorized-{kind}"))["example_index"][:count]
+    return [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
+
+
+def tuned_policy_rows(data: dict, opts, label: str, values: list, lossless_values: list, answers_count: int,
+                      tune) -> dict:
+    """Rows ``policy+deferred+<label>=<value>`` (and ``lossless+<label>=<value>`` for ``lossless_values``) of the
+    REINFORCE policy with the deferred fill, its settings tuned for each value on ``answers_count`` answers of the
+    policy's own split (never the held-out prompts) by ``tune(model, tokenizer, answers, value)``, which sets them on
+    the config and returns ``(policy_threshold, what the rows record)``."""
     original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
         model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}", kv_fill="deferred").eval()
-        indices = load_from_disk(str(WORK / f"memorized-{kind}"))["example_index"][: 4 if opts.quick else 64]
-        answers = [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
+        answers = policy_split_answers(data, kind, 4 if opts.quick else answers_count)
         rows = []
-        lossless = LOSSLESS_THRESHOLDS[1:3]
-        for threshold in POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS:
-            checked = select_checked_exits(model, tokenizer, answers, exit_strategy="policy",
-                                           policy_threshold=threshold)
-            model.config.checked_exits = checked
+        for value in values[:1] if opts.quick else values:
+            threshold, record = tune(model, tokenizer, answers, value)
             table = evaluate_exits(
                 model, tokenizer, prompts, {"policy": [threshold]}, reference_model=original,
                 max_new_tokens=8 if opts.quick else opts.eval_tokens, rounds=1 if opts.quick else opts.rounds,
-                lossless=threshold in lossless,
+                lossless=value in lossless_values,
             )
             for row in table.rows:
-                if row["strategy"] in ("policy", "lossless"):
-                    name = "policy+deferred+checked" if row["strategy"] == "policy" else "lossless+checked"
-                    rows.append({**row, "strategy": name, "point": row["point"].replace(row["strategy"], name, 1),
-                                 "checked_exits": checked, "backbone": kind})
+                if row["strategy"] == "policy":
+                    name, point = f"policy+deferred+{label}", f"policy+deferred+{label}={value}"
+                elif row["strategy"] == "lossless":
+                    name, point = f"lossless+{label}", f"lossless+{label}={value} drafts (k=4)"
+                else:
+                    continue
+                rows.append({**row, "strategy": name, "point": point, **record, "backbone": kind})
         results[kind] = rows
-        print(f"[evaluate-checked] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
+        print(f"[{label}] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
     return results
+
+
+def phase_evaluate_checked(data: dict, opts) -> dict:
+    """The policy checked only at the exits ``select_checked_exits`` picks for each threshold."""
+
+    def tune(model, tokenizer, answers, threshold):
+        checked = select_checked_exits(model, tokenizer, answers, exit_strategy="policy", policy_threshold=threshold)
+        model.config.checked_exits = checked
+        return threshold, {"checked_exits": checked}
+
+    return tuned_policy_rows(data, opts, "checked", POLICY_THRESHOLDS, LOSSLESS_THRESHOLDS[1:3], 64, tune)
+
+
+def phase_evaluate_calibrated(data: dict, opts) -> dict:
+    """The policy with the per-exit thresholds ``calibrate_policy_thresholds`` fits to each target agreement (the
+    value in the rows' names is the target)."""
+
+    def tune(model, tokenizer, answers, target):
+        thresholds = calibrate_policy_thresholds(model, tokenizer, answers, target_agreement=target)
+        model.config.policy_thresholds = thresholds
+        return model.config.policy_threshold, {"policy_thresholds": thresholds}
+
+    return tuned_policy_rows(data, opts, "calibrated", CALIBRATION_TARGETS, LOSSLESS_TARGETS, 96, tune)
 
 
 def phase_evaluate(data: dict, opts) -> dict:
@@ -524,6 +560,7 @@ EXTRA_PHASES = {
     "evaluate-deferred": phase_evaluate_deferred,
     "evaluate-lossless": phase_evaluate_lossless,
     "evaluate-checked": phase_evaluate_checked,
+    "evaluate-calibrated": phase_evaluate_calibrated,
 }
 
 
@@ -531,10 +568,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", default="all",
                         choices=["all", "data", "frozen", "lora", "evaluate", *EXTRA_PHASES, "render"],
-                        help="evaluate-deferred / evaluate-lossless / evaluate-checked: replace the policies' rows "
+                        help="evaluate-deferred / -lossless / -checked / -calibrated: replace the policies' rows "
                              "with kv_fill='deferred' / the lossless mode's rows / the rows with selected checked "
-                             "exits in results/consistentee.json; render: redraw the figure and tables from it, "
-                             "measuring nothing")
+                             "exits / with calibrated per-exit thresholds in results/consistentee.json; render: "
+                             "redraw the figure and tables from it, measuring nothing")
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--head-steps", type=int, default=700)
@@ -583,7 +620,7 @@ def main() -> None:
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)
-    for phase in (phase_evaluate_deferred, phase_evaluate_checked):
+    for phase in (phase_evaluate_deferred, phase_evaluate_checked, phase_evaluate_calibrated):
         for kind, rows in phase(data, opts).items():
             results[kind] += rows
     previous_path = ROOT / "results" / f"{name}.json"

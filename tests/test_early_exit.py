@@ -337,13 +337,19 @@ def test_batched_generation_equals_each_row_alone(backbone, tokenizer, strategy,
         assert torch.equal(batched[row, -8:], alone[0, new:]), (row, settings)
 
 
-def test_checked_exits_restrict_where_the_policy_decides(backbone, tokenizer):
+def _random_policy(backbone, tokenizer):
+    """A model whose (trained-marked) policy has spread exit probabilities; the step's ids and those probabilities."""
     model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, policy_trained=True).eval()
     ids, hidden = _step_hidden(backbone, tokenizer)
     with torch.no_grad():
         for parameter in model.early_exit.policy.parameters():
             parameter.normal_(std=0.5)
-    probs = {k: model.exit_probability(hidden[k], k)[0, -1].item() for k in (1, 2, 3)}
+        probs = {k: model.exit_probability(hidden[k], k)[0, -1].item() for k in (1, 2, 3)}
+    return model, ids, probs
+
+
+def test_checked_exits_restrict_where_the_policy_decides(backbone, tokenizer):
+    model, ids, probs = _random_policy(backbone, tokenizer)
     asked = []
     hook = model.early_exit.policy.register_forward_pre_hook(lambda m, args: asked.append(args[1]))
     try:
@@ -362,7 +368,7 @@ def test_checked_exits_restrict_where_the_policy_decides(backbone, tokenizer):
 
 
 def test_checked_exit_selection_weighs_checks_against_layers_saved():
-    from hf_unlearn.early_exit.checked_exits import choose_checked_exits, expected_cost
+    from hf_unlearn.early_exit.calibration import choose_checked_exits, expected_cost
 
     # Exits after layers 1, 2, 3 of 4; the strategy would stop tokens 0 and 2 at exit 2, never at exits 1 and 3.
     decisions = torch.tensor([[False, False, False, False], [True, False, True, False], [False] * 4])
@@ -374,8 +380,41 @@ def test_checked_exit_selection_weighs_checks_against_layers_saved():
     assert choose_checked_exits(decisions, [1, 2, 3], 4, check_cost=10.0) == []  # no exit pays for its checks
 
 
+def test_per_exit_policy_thresholds_decide_where_given(backbone, tokenizer):
+    model, ids, probs = _random_policy(backbone, tokenizer)
+    for thresholds in ({2: 0.05}, {1: 0.99, 3: 0.01}, {1: (probs[1] + 1) / 2, 2: probs[2] / 2}, {3: 0.99}):
+        out = _one_step(model, ids, exit_strategy="policy", policy_threshold=0.01, policy_thresholds=thresholds)
+        expected = next((k for k in sorted(thresholds) if probs[k] > thresholds[k]), 4)
+        assert out.exit_layers.item() == expected, thresholds
+    with pytest.raises(ValueError, match="policy_thresholds' keys must be internal exit layers"):
+        _one_step(model, ids, exit_strategy="policy", policy_thresholds={4: 0.5})
+    with pytest.raises(ValueError, match="values must be probabilities"):
+        _one_step(model, ids, exit_strategy="policy", policy_thresholds={2: 1.5})
+    # Saved as JSON (string keys) and loaded back as exit layers.
+    config = EarlyExitConfig.from_dict({**model.config.to_dict(), "policy_thresholds": {"2": 0.3}})
+    assert config.policy_thresholds == {2: 0.3}
+
+
+def test_fitted_policy_thresholds_reach_the_target_at_the_lowest_cost():
+    from hf_unlearn.early_exit.calibration import exit_outcome, fit_policy_thresholds
+
+    # Exits after layers 1 and 2 of 4; four tokens. Exit 1 is right for tokens 0 and 1 with probabilities 0.9 and
+    # 0.6, wrong for token 2 at 0.7; exit 2 is right for every token, at 0.8 for token 3.
+    probs = torch.tensor([[0.9, 0.6, 0.7, 0.1], [0.5, 0.5, 0.5, 0.8]])
+    correct = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    # By hand: exit 1 at 0.65 takes tokens 0 and 2 (one wrong): agreement 3/4 at (1 + 1 + 4 + 4) / 4 layers.
+    decisions = probs[:1] > 0.65
+    assert exit_outcome(decisions, [1], 4, 0.0, correct[:1]) == pytest.approx((2.5, 0.75))
+    # Full agreement: exit 1 above 0.7 (token 0 only) and exit 2 above 0.5 (token 3).
+    assert fit_policy_thresholds(probs, correct, [1, 2], 4, 1.0, 0.0, grid=(0.55, 0.65, 0.75)) == {1: 0.75, 2: 0.55}
+    # Three in four is enough: exit 1 at 0.55 takes tokens 0, 1 and 2 (cost 1.75 layers), exit 2 then only token 3.
+    assert fit_policy_thresholds(probs, correct, [1, 2], 4, 0.75, 0.0, grid=(0.55, 0.65, 0.75)) == {1: 0.55, 2: 0.55}
+    # When checks cost more than they save, none.
+    assert fit_policy_thresholds(probs, correct, [1, 2], 4, 0.75, 10.0, grid=(0.55, 0.65, 0.75)) == {}
+
+
 def test_select_checked_exits_on_a_model(backbone, tokenizer):
-    from hf_unlearn.early_exit import select_checked_exits
+    from hf_unlearn.early_exit import calibrate_policy_thresholds, select_checked_exits
 
     model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
     settings = _settings(backbone, "confidence")
@@ -387,6 +426,10 @@ def test_select_checked_exits_on_a_model(backbone, tokenizer):
     model.exit_stats.reset()
     model.generate(**_batch(tokenizer), max_new_tokens=5, do_sample=False, checked_exits=checked, **settings)
     assert set(model.exit_stats.as_dict()["histogram"]) <= {*checked, 4}
+    thresholds = calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=0.9, check_cost=0.0)
+    assert set(thresholds) <= {1, 2, 3} and all(0 < t < 1 for t in thresholds.values())
+    with pytest.raises(ValueError, match="target_agreement"):
+        calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=1.5)
     with pytest.raises(ValueError, match="select_checked_exits weighs per-exit decisions"):
         select_checked_exits(model, tokenizer, texts, exit_strategy="patience")
     with pytest.raises(ValueError, match="texts is empty"):

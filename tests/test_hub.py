@@ -345,6 +345,8 @@ def test_early_exit_card_shows_speedup_agreement_and_both_loads(tokenizer):
     assert 'EarlyExitForCausalLM.from_pretrained("me/tiny-early-exit")' in card.text
     assert 'AutoModelForCausalLM.from_pretrained("me/tiny-early-exit", trust_remote_code=True)' in card.text
     assert "`confidence_threshold=0.05`" in card.text
+    model.set_exit_strategy("policy", policy_thresholds={1: 0.6})
+    assert "`policy_thresholds={1: 0.6}`" in render_early_exit_card(model, "me/tiny-early-exit").text
 
 
 def test_push_early_exit_sends_modelling_code_and_loads_with_remote_code(hub, tokenizer, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ Example:
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .checked_exits import select_checked_exits
+from .calibration import calibrate_policy_thresholds, select_checked_exits
 from .configuration_early_exit import EXIT_STRATEGIES, EarlyExitConfig
 from .evaluation import ExitEvaluation, evaluate_exits
 from .modeling_early_exit import (
@@ -32,6 +32,7 @@ __all__ = [
     "ExitEvaluation",
     "ExitStatistics",
     "LosslessGenerationOutput",
+    "calibrate_policy_thresholds",
     "evaluate_exits",
     "select_checked_exits",
     "token_shortlist",

@@ -60,6 +60,10 @@ class EarlyExitConfig(PretrainedConfig):
             (always at `fixed_exit_layer`) or `"none"` (the full model, exactly).
         policy_threshold (`float`, *optional*, defaults to `0.5`):
             Exit probability above which the `"policy"` strategy exits, in (0, 1).
+        policy_thresholds (`dict[int, float]`, *optional*):
+            Per-exit thresholds of the `"policy"` strategy, `{exit layer: threshold}`: the policy decides only at these
+            exits, each with its own threshold (`policy_threshold` is then unused).
+            `hf_unlearn.early_exit.calibrate_policy_thresholds` fits them to a target agreement on calibration text.
         confidence_threshold (`float`, *optional*, defaults to `0.9`):
             Top-1 probability above which the `"confidence"` strategy exits, in (0, 1).
         entropy_threshold (`float`, *optional*, defaults to `0.5`):
@@ -105,6 +109,7 @@ class EarlyExitConfig(PretrainedConfig):
         policy_trained: bool = False,
         exit_strategy: str = "none",
         policy_threshold: float = 0.5,
+        policy_thresholds: dict[int, float] | None = None,
         confidence_threshold: float = 0.9,
         entropy_threshold: float = 0.5,
         patience: int = 2,
@@ -128,6 +133,10 @@ class EarlyExitConfig(PretrainedConfig):
         self.policy_trained = policy_trained
         self.exit_strategy = exit_strategy
         self.policy_threshold = policy_threshold
+        # JSON turns the keys into strings: back to exit layers.
+        self.policy_thresholds = (
+            None if policy_thresholds is None else {int(k): float(v) for k, v in policy_thresholds.items()}
+        )
         self.confidence_threshold = confidence_threshold
         self.entropy_threshold = entropy_threshold
         self.patience = patience
@@ -199,6 +208,7 @@ class EarlyExitConfig(PretrainedConfig):
 EXIT_SETTING_NAMES = (
     "exit_strategy",
     "policy_threshold",
+    "policy_thresholds",
     "confidence_threshold",
     "entropy_threshold",
     "patience",
@@ -228,6 +238,19 @@ def check_exit_settings(config: EarlyExitConfig, **settings) -> None:
     patience = settings["patience"]
     if int(patience) != patience or patience < 1:
         raise ValueError(f"patience must be a whole number >= 1 (got {patience})")
+    per_exit = settings["policy_thresholds"]
+    if per_exit is not None:
+        if not isinstance(per_exit, dict):
+            raise ValueError(
+                f"policy_thresholds maps exit layers to thresholds, e.g. {{24: 0.6}} (got {type(per_exit).__name__})"
+            )
+        if not set(per_exit) <= set(config.exit_layers):
+            raise ValueError(
+                f"policy_thresholds' keys must be internal exit layers {config.exit_layers} (got {sorted(per_exit)})"
+            )
+        bad = {k: v for k, v in per_exit.items() if not 0.0 < float(v) < 1.0}
+        if bad:
+            raise ValueError(f"policy_thresholds' values must be probabilities in (0, 1) (got {bad})")
     checked = settings["checked_exits"]
     if checked is not None and not set(checked) <= set(config.exit_layers):
         raise ValueError(

@@ -450,6 +450,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output_exit_logits: bool = True,
         exit_strategy: str | None = None,
         policy_threshold: float | None = None,
+        policy_thresholds: dict[int, float] | None = None,
         confidence_threshold: float | None = None,
         entropy_threshold: float | None = None,
         patience: int | None = None,
@@ -486,8 +487,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output_exit_logits (`bool`, *optional*, defaults to `True`):
             In the all-exits pass without labels, return every exit's logits. `False` leaves `exit_logits` empty and
             returns the policy's probabilities and the last exit's logits: all the policy's warm start needs.
-        exit_strategy, policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer,
-        checked_exits:
+        exit_strategy, policy_threshold, policy_thresholds, confidence_threshold, entropy_threshold, patience,
+        fixed_exit_layer, checked_exits:
             Override the config's inference settings for this call (also through `generate(...)`).
         """
         if past_key_values is not None:
@@ -500,6 +501,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             self.config,
             exit_strategy=exit_strategy,
             policy_threshold=policy_threshold,
+            policy_thresholds=policy_thresholds,
             confidence_threshold=confidence_threshold,
             entropy_threshold=entropy_threshold,
             patience=patience,
@@ -509,7 +511,8 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         if exit_strategy is not None or any(
             v is not None
             for v in (
-                policy_threshold, confidence_threshold, entropy_threshold, patience, fixed_exit_layer, checked_exits
+                policy_threshold, policy_thresholds, confidence_threshold, entropy_threshold, patience,
+                fixed_exit_layer, checked_exits,
             )
         ):
             check_exit_settings(self.config, **settings)
@@ -831,8 +834,11 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 stacklevel=4,
             )
             self._warned_untrained_policy = True
+        exits = set(self._exit_index)
+        if strategy == "policy" and settings["policy_thresholds"] is not None:
+            exits &= set(settings["policy_thresholds"])
         checked = settings["checked_exits"]
-        return set(self._exit_index) if checked is None else set(checked) & set(self._exit_index)
+        return exits if checked is None else exits & set(checked)
 
     def _exit_one_token(
         self, hidden, walk, settings, internal, states=None, deferred: bool = False, draft: bool = False
@@ -923,7 +929,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         if strategy == "fixed":
             return torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device), None
         if strategy == "policy":
-            return self.exit_probability(hidden, layer) > settings["policy_threshold"], None
+            per_exit = settings["policy_thresholds"]
+            threshold = settings["policy_threshold"] if per_exit is None else per_exit[layer]
+            return self.exit_probability(hidden, layer) > threshold, None
         if strategy == "patience":
             logits = self.exit_logits(hidden, layer)
             top = logits.argmax(-1)

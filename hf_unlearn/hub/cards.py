@@ -288,6 +288,8 @@ def render_early_exit_card(
     data = _card_data(name, _tags(["hf_unlearn", "early-exit"], tags), _base_model(base_model),
                       _hub_ids(datasets or []), eval_results, license, language)
     setting = STRATEGY_SETTING.get(config.exit_strategy)
+    if config.exit_strategy == "policy" and getattr(config, "policy_thresholds", None):
+        setting = "policy_thresholds"  # per-exit thresholds replace the single one
     rows = []
     if evaluation is not None:
         for row in evaluation.rows:
