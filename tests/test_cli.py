@@ -70,7 +70,8 @@ def unlearned(files):
 
 
 @pytest.mark.parametrize("command", [["unlearn"], ["locate"], ["audit"], ["dissect"], ["evaluate"], ["early-exit"],
-                                     ["early-exit", "train"], ["early-exit", "generate"], ["early-exit", "bench"]])
+                                     ["early-exit", "train"], ["early-exit", "calibrate"], ["early-exit", "generate"],
+                                     ["early-exit", "bench"]])
 def test_every_subcommand_has_help_with_examples(command, capsys):
     code, out, _ = run([*command, "--help"], capsys)
     assert code == 0 and "examples:" in out and "hf-unlearn" in out
@@ -199,6 +200,19 @@ def test_early_exit_train_consistentee_trains_the_policy(files, capsys):
     # The log is the last stage's: REINFORCE ran after the heads and the warm start.
     history = json.loads((out / "early_exit_train.json").read_text())["log_history"]
     assert any("reward" in entry and "mean_exit_layer" in entry for entry in history), history
+
+    calibrated = files / "cee-calibrated"
+    code, stdout, _ = run(["early-exit", "calibrate", "--model", out, "--data", files / "texts.txt", "--target",
+                           "0.9", "--output-dir", calibrated], capsys)
+    assert code == 0 and "policy thresholds for agreement 0.9" in stdout
+    thresholds = json.loads((calibrated / "calibration.json").read_text())["policy_thresholds"]
+    config = json.loads((calibrated / "config.json").read_text())
+    assert config["exit_strategy"] == "policy" and config["policy_thresholds"] == thresholds
+    assert set(thresholds) <= {"1"} and (calibrated / "modeling_early_exit.py").exists()
+    # A plain causal LM (wrapped with an untrained policy) has nothing to calibrate.
+    code, _, err = run(["early-exit", "calibrate", "--model", files / "model", "--data", files / "texts.txt",
+                        "--output-dir", files / "nope"], capsys)
+    assert code == 2 and "policy is untrained" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

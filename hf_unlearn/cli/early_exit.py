@@ -1,5 +1,6 @@
-"""``hf-unlearn early-exit train|generate|bench``: train the exits of a causal LM, generate with early exit, and
-measure speed-up against agreement per exit strategy."""
+"""``hf-unlearn early-exit train|calibrate|generate|bench``: train the exits of a causal LM, fit its policy's
+per-exit thresholds to a target agreement, generate with early exit, and measure speed-up against agreement per exit
+strategy."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ examples:
   hf-unlearn early-exit train --model smollm2 --data texts.txt --output-dir out/ee --max_steps 200
   hf-unlearn early-exit train --model ./base --data texts.jsonl --trainer consistentee --output-dir out/cee \\
       --max_steps 100 --policy_warmup_max_steps 100 --policy_max_steps 100
+  hf-unlearn early-exit calibrate --model out/cee --data answers.jsonl --target 0.95 --output-dir out/cee-95
   hf-unlearn early-exit generate --model out/ee --prompt "The capital of France is" --strategy confidence \\
       --threshold 0.9
   hf-unlearn early-exit bench --model out/ee --prompts prompts.txt --strategy confidence=0.8,0.9 \\
@@ -58,7 +60,8 @@ def add_parser(subparsers) -> None:
 
     group = subparsers.add_parser("early-exit", help="train, run and benchmark early-exit models",
                                   description="Early exit: tokens stop at an internal layer.\n\n" + EXAMPLES)
-    commands = group.add_subparsers(dest="early_exit_command", metavar="{train,generate,bench}", required=True)
+    commands = group.add_subparsers(dest="early_exit_command", metavar="{train,calibrate,generate,bench}",
+                                    required=True)
 
     train = commands.add_parser("train", help="train the exits of a causal LM", description=TRAIN_EXAMPLES)
     add_model_options(train, help="causal LM or early-exit checkpoint (folder, Hub id or 'smollm2')")
@@ -76,6 +79,25 @@ def add_parser(subparsers) -> None:
     for action in train._actions:
         if action.dest == "model":
             action.required = False  # --help-config needs no model
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a trained policy's per-exit thresholds to a target agreement",
+        description="Fits per-exit policy thresholds (calibrate_policy_thresholds) that reach --target agreement "
+                    "with the full model's tokens on --data at the lowest expected cost, and saves the checkpoint "
+                    "with exit_strategy='policy' and those thresholds.\n\n" + EXAMPLES,
+    )
+    add_model_options(calibrate, help="early-exit checkpoint with a trained policy (hf-unlearn early-exit train "
+                                      "--trainer consistentee)")
+    calibrate.add_argument("--data", required=True,
+                           help="calibration text like what the model will generate: 'text', or prompt/completion "
+                                "(only the completion is scored); its own answers are best")
+    calibrate.add_argument("--split", default="train", help="split of a Hub dataset (default: train)")
+    calibrate.add_argument("--target", type=float, default=0.95, help="agreement to reach (default: 0.95)")
+    calibrate.add_argument("--check-cost", type=float, default=0.25,
+                           help="time of one policy check, in decoder layers (default: 0.25, SmolLM2 on a CPU)")
+    calibrate.add_argument("--output-dir", required=True, help="where the calibrated checkpoint goes")
+    add_runtime_options(calibrate)
+    calibrate.set_defaults(handler=run_calibrate)
 
     generate = commands.add_parser("generate", help="generate with early exit", description=EXAMPLES)
     add_model_options(generate, help="early-exit checkpoint, or a causal LM (wrapped with the shared head)")
@@ -153,6 +175,43 @@ def _early_exit_model(spec: str, dtype: str, device):
         except ValueError as error:
             raise CLIError(f"{spec}: cannot add exits: {error}") from None
     return model, tokenizer
+
+
+def run_calibrate(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..early_exit import calibrate_policy_thresholds
+
+    if not 0.0 < args.target <= 1.0:
+        raise CLIError(f"--target is a share of tokens in (0, 1], got {args.target}")
+    if args.check_cost < 0:
+        raise CLIError(f"--check-cost is a time in decoder layers, >= 0, got {args.check_cost}")
+    texts = []
+    for index, row in enumerate(load_records(args.data, "--data", args.split)):
+        if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+            texts.append((row["prompt"], row["completion"]))
+        elif isinstance(row.get("text"), str):
+            texts.append(row["text"])
+        else:
+            raise CLIError(f"--data: row {index} needs a 'text' column or 'prompt' and 'completion' "
+                           f"(columns: {sorted(row)})")
+    out = output_dir(args.output_dir)
+    model, tokenizer = _early_exit_model(args.model, args.dtype, resolve_device(args.device))
+    if not model.config.policy_trained:
+        raise CLIError(f"{args.model}: its policy is untrained; train it first with hf-unlearn early-exit train "
+                       "--trainer consistentee")
+    thresholds = calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=args.target,
+                                             check_cost=args.check_cost)
+    model.set_exit_strategy("policy", policy_thresholds=thresholds)
+    from ..hub import save_early_exit
+
+    save_early_exit(model, tokenizer, out, overwrite=True)  # written aside, then moved: never half a checkpoint
+    result = {"model": args.model, "target_agreement": args.target, "check_cost": args.check_cost,
+              "texts": len(texts), "policy_thresholds": {str(k): v for k, v in thresholds.items()},
+              "output_dir": str(out)}
+    rows = [{"exit layer": k, "threshold": v} for k, v in sorted(thresholds.items())]
+    table = (f"policy thresholds for agreement {args.target} on {len(texts)} texts "
+             f"(exits not listed are not checked)\n\n" + markdown_table(rows, ["exit layer", "threshold"]))
+    report(table + f"\n\nsaved the calibrated model to {out}", [write_json(out / "calibration.json", result)])
+    return 0
 
 
 def _settings(model, strategy: str | None, value: float | None) -> dict:
