@@ -430,6 +430,9 @@ def test_lossless_mode_equals_the_full_models_greedy_output(tokenizer, trained_t
             out = model.generate_lossless(ids, max_new_tokens=15, num_draft_tokens=drafts, eos_token_id=[], **settings)
             assert torch.equal(out.sequences, expected), (text, drafts)
             assert out.accepted_tokens <= out.draft_tokens and out.rounds > 0
+        for length in (1, 2):  # the answer's end forces the verification of any pending draft
+            short = model.generate_lossless(ids, max_new_tokens=length, eos_token_id=[], **settings)
+            assert torch.equal(short.sequences, expected[:, : ids.shape[1] + length])
 
 
 def test_lossless_mode_reuses_the_lower_layers_and_stops_at_eos(tokenizer, trained_tiny):

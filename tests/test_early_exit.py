@@ -390,6 +390,10 @@ def test_per_exit_policy_thresholds_decide_where_given(backbone, tokenizer):
         _one_step(model, ids, exit_strategy="policy", policy_thresholds={4: 0.5})
     with pytest.raises(ValueError, match="values must be probabilities"):
         _one_step(model, ids, exit_strategy="policy", policy_thresholds={2: 1.5})
+    model.exit_stats.reset()  # through generate, batched: only the given exits decide
+    model.generate(**_batch(tokenizer), max_new_tokens=4, do_sample=False, exit_strategy="policy",
+                   policy_thresholds={2: 0.3})
+    assert set(model.exit_stats.as_dict()["histogram"]) <= {2, 4}
     # Saved as JSON (string keys) and loaded back as exit layers.
     config = EarlyExitConfig.from_dict({**model.config.to_dict(), "policy_thresholds": {"2": 0.3}})
     assert config.policy_thresholds == {2: 0.3}
