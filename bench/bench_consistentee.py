@@ -15,8 +15,9 @@ Phases (each cached under ``bench/results/consistentee_work/``, git-ignored, so 
   the lossless mode, each point with measured tokens/s (interleaved rounds, medians) and teacher-forced agreement;
   then the policies with ``kv_fill="deferred"``, with the checked exits ``select_checked_exits`` picks, and with
   per-exit thresholds ``calibrate_policy_thresholds`` fits to target agreements.
-* ``evaluate-deferred``, ``evaluate-lossless``, ``evaluate-checked``, ``evaluate-calibrated``: one of those groups
-  of rows again, replacing its rows in ``results/consistentee.json``.
+* ``evaluate-deferred``, ``evaluate-lossless``, ``evaluate-checked``, ``evaluate-calibrated``,
+  ``evaluate-confidence-checked`` (the confidence baseline with selected checked exits, the same tool the policy
+  gets): one of those groups of rows again, replacing its rows in ``results/consistentee.json``.
 
     python bench/bench_consistentee.py                     # all phases, ~2.5 h on 2 CPU cores
     python bench/bench_consistentee.py --phase evaluate    # re-evaluate the trained checkpoints
@@ -114,6 +115,7 @@ POLICY_THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95]
 LOSSLESS_THRESHOLDS = [0.5, 0.7, 0.8, 0.9]
 # Target agreements of the per-exit thresholds (calibrate_policy_thresholds); the lossless mode drafts with two.
 CALIBRATION_TARGETS = [0.9, 0.95, 0.97]
+CONFIDENCE_CHECKED = [0.3, 0.4, 0.5, 0.6, 0.7]
 LOSSLESS_TARGETS = [0.9, 0.95]
 STRATEGIES = {
     "policy": POLICY_THRESHOLDS,
@@ -346,12 +348,12 @@ def policy_split_answers(data: dict, kind: str, count: int) -> list[tuple[str, s
     return [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
 
 
-def tuned_policy_rows(data: dict, opts, label: str, values: list, lossless_values: list, answers_count: int,
-                      tune) -> dict:
-    """Rows ``policy+deferred+<label>=<value>`` (and ``lossless+<label>=<value>`` for ``lossless_values``) of the
-    REINFORCE policy with the deferred fill, its settings tuned for each value on ``answers_count`` answers of the
+def tuned_rows(data: dict, opts, strategy: str, label: str, values: list, lossless_values: list,
+               answers_count: int, tune) -> dict:
+    """Rows ``<strategy>+deferred+<label>=<value>`` (and ``lossless+<label>=<value>`` for ``lossless_values``) of
+    the checkpoint with the deferred fill, its settings tuned for each value on ``answers_count`` answers of the
     policy's own split (never the held-out prompts) by ``tune(model, tokenizer, answers, value)``, which sets them on
-    the config and returns ``(policy_threshold, what the rows record)``."""
+    the config and returns ``(the strategy's threshold, what the rows record)``."""
     original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
@@ -361,20 +363,20 @@ def tuned_policy_rows(data: dict, opts, label: str, values: list, lossless_value
         for value in values[:1] if opts.quick else values:
             threshold, record = tune(model, tokenizer, answers, value)
             table = evaluate_exits(
-                model, tokenizer, prompts, {"policy": [threshold]}, reference_model=original,
+                model, tokenizer, prompts, {strategy: [threshold]}, reference_model=original,
                 max_new_tokens=8 if opts.quick else opts.eval_tokens, rounds=1 if opts.quick else opts.rounds,
                 lossless=value in lossless_values,
             )
             for row in table.rows:
-                if row["strategy"] == "policy":
-                    name, point = f"policy+deferred+{label}", f"policy+deferred+{label}={value}"
+                if row["strategy"] == strategy:
+                    name, point = f"{strategy}+deferred+{label}", f"{strategy}+deferred+{label}={value}"
                 elif row["strategy"] == "lossless":
                     name, point = f"lossless+{label}", f"lossless+{label}={value} drafts (k=4)"
                 else:
                     continue
                 rows.append({**row, "strategy": name, "point": point, **record, "backbone": kind})
         results[kind] = rows
-        print(f"[{label}] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
+        print(f"[{strategy}+{label}] {kind}:\n" + ExitEvaluation(rows).to_markdown(), flush=True)
     return results
 
 
@@ -386,7 +388,21 @@ def phase_evaluate_checked(data: dict, opts) -> dict:
         model.config.checked_exits = checked
         return threshold, {"checked_exits": checked}
 
-    return tuned_policy_rows(data, opts, "checked", POLICY_THRESHOLDS, LOSSLESS_THRESHOLDS[1:3], 64, tune)
+    return tuned_rows(data, opts, "policy", "checked", POLICY_THRESHOLDS, LOSSLESS_THRESHOLDS[1:3], 64, tune)
+
+
+def phase_evaluate_confidence_checked(data: dict, opts) -> dict:
+    """The confidence baseline given the same tool: checked only at the exits ``select_checked_exits`` picks for each
+    threshold (a check: the exit's shortlist screen, about half a layer here; the full head only where it passes, and
+    then mostly for the exit's own logits)."""
+
+    def tune(model, tokenizer, answers, threshold):
+        checked = select_checked_exits(model, tokenizer, answers, check_cost=0.5, exit_strategy="confidence",
+                                       confidence_threshold=threshold)
+        model.config.checked_exits = checked
+        return threshold, {"checked_exits": checked}
+
+    return tuned_rows(data, opts, "confidence", "checked", CONFIDENCE_CHECKED, [], 64, tune)
 
 
 def phase_evaluate_calibrated(data: dict, opts) -> dict:
@@ -398,7 +414,7 @@ def phase_evaluate_calibrated(data: dict, opts) -> dict:
         model.config.policy_thresholds = thresholds
         return model.config.policy_threshold, {"policy_thresholds": thresholds}
 
-    return tuned_policy_rows(data, opts, "calibrated", CALIBRATION_TARGETS, LOSSLESS_TARGETS, 96, tune)
+    return tuned_rows(data, opts, "policy", "calibrated", CALIBRATION_TARGETS, LOSSLESS_TARGETS, 96, tune)
 
 
 def phase_evaluate(data: dict, opts) -> dict:
@@ -561,6 +577,7 @@ EXTRA_PHASES = {
     "evaluate-lossless": phase_evaluate_lossless,
     "evaluate-checked": phase_evaluate_checked,
     "evaluate-calibrated": phase_evaluate_calibrated,
+    "evaluate-confidence-checked": phase_evaluate_confidence_checked,
 }
 
 
@@ -568,10 +585,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", default="all",
                         choices=["all", "data", "frozen", "lora", "evaluate", *EXTRA_PHASES, "render"],
-                        help="evaluate-deferred / -lossless / -checked / -calibrated: replace the policies' rows "
-                             "with kv_fill='deferred' / the lossless mode's rows / the rows with selected checked "
-                             "exits / with calibrated per-exit thresholds in results/consistentee.json; render: "
-                             "redraw the figure and tables from it, measuring nothing")
+                        help="evaluate-deferred / -lossless / -checked / -calibrated / -confidence-checked: "
+                             "replace the policies' rows with kv_fill='deferred' / the lossless mode's rows / the "
+                             "rows with selected checked exits / with calibrated per-exit thresholds / the "
+                             "confidence baseline's rows with selected checked exits in results/consistentee.json; "
+                             "render: redraw the figure and tables from it, measuring nothing")
     parser.add_argument("--models", nargs="+", default=["frozen", "lora"])
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--head-steps", type=int, default=700)
@@ -620,7 +638,8 @@ def main() -> None:
     if opts.phase not in ("all", "evaluate"):
         return
     results = phase_evaluate(data, opts)
-    for phase in (phase_evaluate_deferred, phase_evaluate_checked, phase_evaluate_calibrated):
+    for phase in (phase_evaluate_deferred, phase_evaluate_checked, phase_evaluate_calibrated,
+                  phase_evaluate_confidence_checked):
         for kind, rows in phase(data, opts).items():
             results[kind] += rows
     previous_path = ROOT / "results" / f"{name}.json"

@@ -434,6 +434,8 @@ def test_select_checked_exits_on_a_model(backbone, tokenizer):
     assert set(thresholds) <= {1, 2, 3} and all(0 < t < 1 for t in thresholds.values())
     with pytest.raises(ValueError, match="target_agreement"):
         calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=1.5)
+    with pytest.raises(ValueError, match="no answer tokens"):
+        calibrate_policy_thresholds(model, tokenizer, [("the cat sat", "")])
     with pytest.raises(ValueError, match="select_checked_exits weighs per-exit decisions"):
         select_checked_exits(model, tokenizer, texts, exit_strategy="patience")
     with pytest.raises(ValueError, match="texts is empty"):

@@ -36,6 +36,13 @@ def _calibration_passes(model, tokenizer, texts, check_cost: float, **forward_kw
         model.train(was_training)
 
 
+def _scored(columns: list[torch.Tensor]) -> torch.Tensor:
+    scored = torch.cat(columns, dim=1)
+    if scored.shape[1] == 0:
+        raise ValueError("the calibration texts have no answer tokens to score: pass non-empty answers")
+    return scored
+
+
 def exit_outcome(
     decisions: torch.Tensor, exits: Sequence[int], depth: int, check_cost: float, correct: torch.Tensor | None = None
 ) -> tuple[float, float]:
@@ -120,7 +127,7 @@ def select_checked_exits(
         else:
             passes = torch.stack([model._passes(strategy, resolved, logits[0]) for logits in out.exit_logits[:-1]])
         columns.append(passes[:, start:])
-    decisions = torch.cat(columns, dim=1)
+    decisions = _scored(columns)
     exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers
     chosen = choose_checked_exits(decisions, exits, depth, check_cost)
     keep = [exits.index(k) for k in chosen]
@@ -220,7 +227,7 @@ def calibrate_policy_thresholds(
         probs.append(out.policy_probs[:, 0, start:-1])
         correct.append(out.exit_correct[:-1, 0, start:])
     exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers
-    probs_all, correct_all = torch.cat(probs, dim=1).float(), torch.cat(correct, dim=1)
+    probs_all, correct_all = _scored(probs).float(), _scored(correct)
     thresholds = fit_policy_thresholds(probs_all, correct_all, exits, depth, target_agreement, check_cost)
     cost, agreement = _thresholds_outcome(probs_all, correct_all, thresholds, exits, depth, check_cost)
     logger.info("policy thresholds %s: agreement %.3f at %.2f layers per token on %d calibration tokens",
