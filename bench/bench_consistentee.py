@@ -486,12 +486,19 @@ def plot(results: dict, path: Path, evaluated: dict | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 5.5), squeeze=False)
+    names = sorted({r["strategy"] for rows in results.values() for r in rows} - {"oracle"})
+    # One colour per strategy across both panels; ConsistentEE's policies solid, the baselines dashed.
+    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
     for axis, (kind, rows) in zip(axes[0], results.items()):
         for strategy in sorted({r["strategy"] for r in rows} - {"oracle"}):
             points = sorted((r["agreement"], r["speedup"]) for r in rows if r["strategy"] == strategy)
-            style = "o-" if strategy not in ("lossless", "assistant_early_exit", "none") else "s"
-            axis.plot([p[0] for p in points], [p[1] for p in points], style, label=strategy)
+            if strategy.startswith(("lossless", "assistant_early_exit", "none")):
+                style = "s"
+            else:
+                style = "o-" if strategy.startswith("policy") else "^--"
+            axis.plot([p[0] for p in points], [p[1] for p in points], style, label=strategy,
+                      color=colours[strategy])
         axis.axhline(1.0, color="grey", linewidth=0.8)
         axis.axvline(0.95, color="grey", linewidth=0.8, linestyle=":")
         when = (evaluated or {}).get(kind, "this run")
@@ -499,7 +506,7 @@ def plot(results: dict, path: Path, evaluated: dict | None = None) -> None:
         axis.set_xlabel("agreement with the original model's greedy tokens")
         axis.set_ylabel("measured speed-up (batch 1, CPU)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=120)
