@@ -543,11 +543,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + length, device=reference.device).unsqueeze(0)
-        hidden = self._embed(input_ids, inputs_embeds, position_ids)
-        masks = self._attention_masks(hidden, attention_mask, cache, position_ids)
-        rotary = self._part("rotary_emb")
-        position_embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
-        walk = (masks, position_embeddings, position_ids, cache, use_cache)
+        hidden, walk = self._start_walk(input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache)
 
         if all_exits:
             teacher = "final" if self_distill else teacher_logits
@@ -567,12 +563,19 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         output.cache = cache if use_cache else None
         return output
 
-    def _forward_full(self, hidden, walk, logits_to_keep, states=None) -> EarlyExitCausalLMOutput:
+    def _start_walk(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache):
+        """The embedded inputs and what every layer call needs: ``(masks, position embeddings, position ids, cache,
+        use_cache)``."""
+        hidden = self._embed(input_ids, inputs_embeds, position_ids)
+        masks = self._attention_masks(hidden, attention_mask, cache, position_ids)
+        rotary = self._part("rotary_emb")
+        position_embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
+        return hidden, (masks, position_embeddings, position_ids, cache, use_cache)
+
+    def _forward_full(self, hidden, walk, logits_to_keep) -> EarlyExitCausalLMOutput:
         masks, position_embeddings, position_ids, cache, use_cache = walk
         for index, layer in enumerate(self._layers()):
             hidden = self._run_layer(layer, hidden, masks[index], position_embeddings, position_ids, cache, use_cache)
-            if states is not None:
-                states.append(hidden)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.exit_logits(hidden[:, keep], self._depth)
         exit_layers = torch.full(hidden.shape[:2], self._depth, device=hidden.device)
@@ -756,19 +759,17 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         safe = targets.clamp(min=0).unsqueeze(-1)
         return -log_probs.gather(-1, safe).squeeze(-1) * (targets != IGNORE_INDEX), hit
 
-    def _forward_with_exits(
-        self, hidden, walk, settings, attention_mask, states=None, kv_fill: str | None = None
-    ) -> EarlyExitCausalLMOutput:
-        """Per-position exits by the strategy; ``states``, if a list, receives the hidden state after each layer
-        that ran. Several positions with ``kv_fill="deferred"`` run as ``"compute"`` (the same keys/values)."""
+    def _forward_with_exits(self, hidden, walk, settings, attention_mask) -> EarlyExitCausalLMOutput:
+        """Per-position exits by the strategy. Several positions with ``kv_fill="deferred"`` run as ``"compute"``
+        (the same keys/values)."""
         masks, position_embeddings, position_ids, cache, use_cache = walk
         depth = self._depth
         strategy = settings["exit_strategy"]
         internal = self._checked_exits(settings)
         batch, length = hidden.shape[:2]
-        kv_fill = kv_fill or self.config.kv_fill
+        kv_fill = self.config.kv_fill
         if batch * length == 1 and kv_fill in ("state", "deferred"):
-            return self._exit_one_token(hidden, walk, settings, internal, states, deferred=kv_fill == "deferred")
+            return self._exit_one_token(hidden, walk, settings, internal, deferred=kv_fill == "deferred")
         device = hidden.device
         active = torch.ones(batch, length, dtype=torch.bool, device=device)
         if attention_mask is not None and attention_mask.dim() == 2 and length > 1:
@@ -790,8 +791,6 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 hidden = new
             else:
                 hidden = torch.where(active.unsqueeze(-1), new, hidden)
-            if states is not None:
-                states.append(hidden)
             k = index + 1
             if k not in internal or not any_active:
                 continue
@@ -841,7 +840,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         return exits if checked is None else exits & set(checked)
 
     def _exit_one_token(
-        self, hidden, walk, settings, internal, states=None, deferred: bool = False, draft: bool = False
+        self, hidden, walk, settings, internal, deferred: bool = False, draft: bool = False
     ) -> EarlyExitCausalLMOutput:
         """`_forward_with_exits` for one position (batch-1 decoding, the case early exit is for): the same
         decisions, without the per-layer bookkeeping of which positions are still running, which costs about a
@@ -890,8 +889,6 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                 hidden = self._run_layer(
                     layers[index], hidden, masks[index], position_embeddings, position_ids, cache, use_cache
                 )
-            if states is not None:
-                states.append(hidden)
             k = index + 1
             if k in internal:
                 exit_now, logits = self._decide(
@@ -1036,11 +1033,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
     def _lossless_step(self, token: int, cache, position: int, settings, internal) -> EarlyExitCausalLMOutput:
         device = self.early_exit.shortlist.device
         position_ids = torch.tensor([[position]], device=device)
-        hidden = self._embed(torch.tensor([[token]], device=device), None, position_ids)
-        masks = self._attention_masks(hidden, None, cache, position_ids)
-        rotary = self._part("rotary_emb")
-        embeddings = rotary(hidden, position_ids=position_ids) if rotary is not None else None
-        walk = (masks, embeddings, position_ids, cache, True)
+        hidden, walk = self._start_walk(torch.tensor([[token]], device=device), None, None, position_ids, cache, True)
         return self._exit_one_token(hidden, walk, settings, internal, deferred=True, draft=True)
 
 
