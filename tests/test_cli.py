@@ -209,6 +209,22 @@ def test_early_exit_train_consistentee_trains_the_policy(files, capsys):
     config = json.loads((calibrated / "config.json").read_text())
     assert config["exit_strategy"] == "policy" and config["policy_thresholds"] == thresholds
     assert set(thresholds) <= {"1"} and (calibrated / "modeling_early_exit.py").exists()
+    code, _, err = run(["early-exit", "calibrate", "--model", out, "--data", files / "texts.txt", "--shortlist-exits",
+                        "--output-dir", files / "no-shortlist"], capsys)
+    assert code == 2 and "--shortlist-exits needs a token shortlist" in err and not (files / "no-shortlist").exists()
+    from transformers import AutoTokenizer
+
+    from hf_unlearn.early_exit import EarlyExitForCausalLM, token_shortlist
+
+    model, tokenizer = EarlyExitForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    model.set_exit_shortlist(token_shortlist(tokenizer, (files / "texts.txt").read_text().splitlines(), size=64))
+    model.save_pretrained(files / "cee-shortlist")
+    tokenizer.save_pretrained(files / "cee-shortlist")
+    code, stdout, _ = run(["early-exit", "calibrate", "--model", files / "cee-shortlist", "--data",
+                           files / "texts.txt", "--shortlist-exits", "--output-dir", files / "short"], capsys)
+    assert code == 0
+    assert json.loads((files / "short" / "config.json").read_text())["shortlist_exits"] is True
+    assert json.loads((files / "short" / "calibration.json").read_text())["head_cost"] == 3.0
     # A plain causal LM (wrapped with an untrained policy) has nothing to calibrate.
     code, _, err = run(["early-exit", "calibrate", "--model", files / "model", "--data", files / "texts.txt",
                         "--output-dir", files / "nope"], capsys)

@@ -317,6 +317,63 @@ def test_shortlist_only_delays_exits_and_keeps_the_full_head_decision(backbone, 
     assert torch.equal(full_exits, plain_exits)
 
 
+@pytest.mark.parametrize("kv_fill", ["state", "deferred"])
+def test_shortlist_exits_score_only_the_shortlist_and_decide_on_its_distribution(backbone, tokenizer, kv_fill):
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, kv_fill=kv_fill).eval()
+    ids, hidden = _step_hidden(backbone, tokenizer)
+    shortlist = torch.arange(0, len(tokenizer), 3)
+    model.set_exit_shortlist(shortlist)
+    outside = torch.ones(backbone.config.vocab_size, dtype=torch.bool)
+    outside[shortlist] = False
+    # A fixed exit: the shortlist's columns are the full head's, every other token is impossible.
+    out = _one_step(model, ids, exit_strategy="fixed", fixed_exit_layer=2, shortlist_exits=True)
+    full = _head(backbone, hidden[2])[0, -1]
+    assert out.exit_layers.item() == 2
+    torch.testing.assert_close(out.logits[0, -1, shortlist], full[shortlist])
+    assert torch.isneginf(out.logits[0, -1, outside]).all()
+    # The last layer still uses the full head, so any token can come from it.
+    out = _one_step(model, ids, exit_strategy="fixed", fixed_exit_layer=4, shortlist_exits=True)
+    torch.testing.assert_close(out.logits[0, -1], _head(backbone, hidden[4])[0, -1])
+    # Confidence decides on the shortlist's own softmax, with no full-head confirmation.
+    top = {k: torch.softmax(_head(backbone, hidden[k])[0, -1, shortlist], -1).max().item() for k in (1, 2, 3)}
+    values = sorted(top.values())
+    for threshold in [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + (1 - values[-1]) / 2]:
+        expected = next((k for k in (1, 2, 3) if top[k] > threshold), 4)
+        out = _one_step(model, ids, exit_strategy="confidence", confidence_threshold=threshold, shortlist_exits=True)
+        assert out.exit_layers.item() == expected
+
+
+def test_shortlist_exits_in_generation_and_teacher_forced_passes_agree(backbone, tokenizer):
+    """The same decisions and tokens one token at a time (generation) and for every position at once."""
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1, kv_fill="deferred").eval()
+    model.set_exit_shortlist(torch.arange(0, len(tokenizer), 2))
+    settings = dict(_settings(backbone, "confidence"), shortlist_exits=True)
+    ids = _batch(tokenizer, PROMPTS[:1])["input_ids"]
+    generated, step_logits, step_exits = _manual_generation(model, ids, steps=6, **settings)
+    assert step_exits.min() < 4
+    chosen = step_logits.argmax(-1)
+    shortlist = set(model.early_exit.shortlist.tolist())
+    assert all(t in shortlist for t, k in zip(chosen[0].tolist(), step_exits[0].tolist()) if k < 4)
+    cache = DynamicCache(config=model.config.backbone_config)
+    model(ids, cache=cache, use_cache=True)
+    forced = model(generated, cache=cache, use_cache=True, exit_all_positions=True, **settings)
+    assert torch.equal(forced.exit_layers, step_exits)
+    assert torch.equal(forced.logits.argmax(-1), chosen)
+
+
+def test_shortlist_exits_need_a_shortlist(backbone, tokenizer):
+    model = EarlyExitForCausalLM.from_backbone(backbone, min_exit_layer=1).eval()
+    ids, _ = _step_hidden(backbone, tokenizer)
+    with pytest.raises(ValueError, match=r"shortlist_exits=True needs a token shortlist: set one with"):
+        _one_step(model, ids, exit_strategy="fixed", fixed_exit_layer=2, shortlist_exits=True)
+    with pytest.raises(ValueError, match=r"shortlist_exits=True needs a token shortlist"):
+        model.set_exit_strategy("fixed", fixed_exit_layer=2, shortlist_exits=True)
+    model.set_exit_shortlist([5, 6, 7])
+    model.set_exit_strategy("fixed", fixed_exit_layer=2, shortlist_exits=True)
+    out = _one_step(model, ids)
+    assert out.logits[0, -1].isfinite().nonzero().flatten().tolist() == [5, 6, 7]
+
+
 # ---------------------------------------------------------------------------------------------- batching, stats
 
 
@@ -440,6 +497,33 @@ def test_select_checked_exits_on_a_model(backbone, tokenizer):
         select_checked_exits(model, tokenizer, texts, exit_strategy="patience")
     with pytest.raises(ValueError, match="texts is empty"):
         select_checked_exits(model, tokenizer, [], **settings)
+
+
+def test_calibration_weighs_the_full_head_and_scores_shortlist_exits(backbone, tokenizer):
+    from hf_unlearn.early_exit import calibrate_policy_thresholds, select_checked_exits
+
+    model, _, _ = _random_policy(backbone, tokenizer)
+    texts = [("the cat sat", " on the mat"), "harry potter studied at hogwarts", "the capital city of france is"]
+    settings = _settings(backbone, "confidence")
+    # Checks that cost 3 of 4 layers do not pay for themselves, unless the full head that an exit skips is costly.
+    assert select_checked_exits(model, tokenizer, texts, check_cost=3.0, **settings) == []
+    assert select_checked_exits(model, tokenizer, texts, check_cost=3.0, head_cost=100.0, **settings) != []
+    with pytest.raises(ValueError, match="head_cost is a time in decoder layers"):
+        select_checked_exits(model, tokenizer, texts, head_cost=-1.0, **settings)
+    # The whole vocabulary as shortlist: the same agreement, so the same thresholds.
+    plain = calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=0.8, check_cost=0.0)
+    model.set_exit_shortlist(list(range(len(tokenizer))))
+    assert calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=0.8, check_cost=0.0,
+                                       shortlist_exits=True) == plain
+    # A shortlist without any token the full model predicts: no shortlist exit can agree, so none is checked.
+    predicted = set()
+    for text in texts:
+        ids = tokenizer("".join(text), return_tensors="pt")["input_ids"]
+        predicted |= set(model(ids, exit_strategy="none").logits[0].argmax(-1).tolist())
+    model.set_exit_shortlist([t for t in range(len(tokenizer)) if t not in predicted])
+    assert calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=1.0, check_cost=0.0,
+                                       shortlist_exits=True) == {}
+    assert calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=1.0, check_cost=0.0) != {}
 
 
 def test_exit_statistics_count_decided_tokens_and_reset(backbone, tokenizer):

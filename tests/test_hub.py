@@ -347,6 +347,11 @@ def test_early_exit_card_shows_speedup_agreement_and_both_loads(tokenizer):
     assert "`confidence_threshold=0.05`" in card.text
     model.set_exit_strategy("policy", policy_thresholds={1: 0.6})
     assert "`policy_thresholds={1: 0.6}`" in render_early_exit_card(model, "me/tiny-early-exit").text
+    assert "shortlist_exits" not in render_early_exit_card(model, "me/tiny-early-exit").text
+    model.set_exit_shortlist([1, 2, 3])
+    model.set_exit_strategy("policy", shortlist_exits=True)
+    assert "predict only the 3 tokens of the saved shortlist (`shortlist_exits=True`)" in render_early_exit_card(
+        model, "me/tiny-early-exit").text
 
 
 def test_push_early_exit_sends_modelling_code_and_loads_with_remote_code(hub, tokenizer, tmp_path, monkeypatch):

@@ -95,6 +95,13 @@ def add_parser(subparsers) -> None:
     calibrate.add_argument("--target", type=float, default=0.95, help="agreement to reach (default: 0.95)")
     calibrate.add_argument("--check-cost", type=float, default=0.25,
                            help="time of one policy check, in decoder layers (default: 0.25, SmolLM2 on a CPU)")
+    calibrate.add_argument("--shortlist-exits", action="store_true",
+                           help="internal exits predict from the model's token shortlist only (shortlist_exits), a "
+                                "tenth of the full LM head's cost at 4096 tokens; saved with the thresholds")
+    calibrate.add_argument("--head-cost", type=float, default=None,
+                           help="what the full LM head costs a token that reaches the last layer beyond an exit's "
+                                "head, in decoder layers (default: 3 with --shortlist-exits, SmolLM2 on a CPU; "
+                                "else 0)")
     calibrate.add_argument("--output-dir", required=True, help="where the calibrated checkpoint goes")
     add_runtime_options(calibrate)
     calibrate.set_defaults(handler=run_calibrate)
@@ -184,6 +191,9 @@ def run_calibrate(args: argparse.Namespace, extra: list[str]) -> int:
         raise CLIError(f"--target is a share of tokens in (0, 1], got {args.target}")
     if args.check_cost < 0:
         raise CLIError(f"--check-cost is a time in decoder layers, >= 0, got {args.check_cost}")
+    head_cost = args.head_cost if args.head_cost is not None else 3.0 if args.shortlist_exits else 0.0
+    if head_cost < 0:
+        raise CLIError(f"--head-cost is a time in decoder layers, >= 0, got {head_cost}")
     texts = []
     for index, row in enumerate(load_records(args.data, "--data", args.split)):
         if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
@@ -193,18 +203,25 @@ def run_calibrate(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             raise CLIError(f"--data: row {index} needs a 'text' column or 'prompt' and 'completion' "
                            f"(columns: {sorted(row)})")
-    out = output_dir(args.output_dir)
     model, tokenizer = _early_exit_model(args.model, args.dtype, resolve_device(args.device))
     if not model.config.policy_trained:
         raise CLIError(f"{args.model}: its policy is untrained; train it first with hf-unlearn early-exit train "
                        "--trainer consistentee")
+    if args.shortlist_exits and not model.early_exit.shortlist.numel():
+        raise CLIError(f"{args.model}: --shortlist-exits needs a token shortlist, and this checkpoint has none (set "
+                       "one with model.set_exit_shortlist(token_shortlist(tokenizer, texts)) before training the "
+                       "exits, or drop --shortlist-exits)")
+    shortlist_exits = True if args.shortlist_exits else None
+    out = output_dir(args.output_dir)  # after the checks: a refused run leaves no empty folder
     thresholds = calibrate_policy_thresholds(model, tokenizer, texts, target_agreement=args.target,
-                                             check_cost=args.check_cost)
-    model.set_exit_strategy("policy", policy_thresholds=thresholds)
+                                             check_cost=args.check_cost, head_cost=head_cost,
+                                             shortlist_exits=shortlist_exits)
+    model.set_exit_strategy("policy", policy_thresholds=thresholds, shortlist_exits=shortlist_exits)
     from ..hub import save_early_exit
 
     save_early_exit(model, tokenizer, out, overwrite=True)  # written aside, then moved: never half a checkpoint
     result = {"model": args.model, "target_agreement": args.target, "check_cost": args.check_cost,
+              "head_cost": head_cost, "shortlist_exits": model.config.shortlist_exits,
               "texts": len(texts), "policy_thresholds": {str(k): v for k, v in thresholds.items()},
               "output_dir": str(out)}
     rows = [{"exit layer": k, "threshold": v} for k, v in sorted(thresholds.items())]

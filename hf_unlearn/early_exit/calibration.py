@@ -16,11 +16,12 @@ logger = logging.getLogger(__name__)
 SELECTABLE_STRATEGIES = ("policy", "confidence", "entropy")
 
 
-def _calibration_passes(model, tokenizer, texts, check_cost: float, **forward_kwargs):
+def _calibration_passes(model, tokenizer, texts, check_cost: float, head_cost: float, **forward_kwargs):
     """One all-exits pass per text (in eval mode), with the first position that decides an exit: generation runs a
     ``(prompt, answer)`` pair's prompt at full depth, and the positions whose input is an answer token decide."""
-    if check_cost < 0:
-        raise ValueError(f"check_cost is a time in decoder layers, >= 0 (got {check_cost})")
+    for name, value in (("check_cost", check_cost), ("head_cost", head_cost)):
+        if value < 0:
+            raise ValueError(f"{name} is a time in decoder layers, >= 0 (got {value})")
     if not texts:
         raise ValueError("texts is empty: pass calibration text, e.g. answers the model generated")
     was_training = model.training
@@ -44,10 +45,11 @@ def _scored(columns: list[torch.Tensor]) -> torch.Tensor:
 
 
 def exit_outcome(
-    decisions: torch.Tensor, exits: Sequence[int], depth: int, check_cost: float, correct: torch.Tensor | None = None
+    decisions: torch.Tensor, exits: Sequence[int], depth: float, check_cost: float, correct: torch.Tensor | None = None
 ) -> tuple[float, float]:
     """Mean cost per token, in decoder layers, of checking ``exits``: the layers a token runs (its first exit whose
-    decision is true, else ``depth``) plus ``check_cost`` per check it went through; and the share of tokens whose
+    decision is true, else ``depth``: the layer count, plus the full head's extra cost where early exits pay less
+    for theirs) plus ``check_cost`` per check it went through; and the share of tokens whose
     exit agrees with the full model (``correct``, like ``decisions``; the full depth always agrees). ``decisions``
     is ``(len(exits), tokens)``: whether the strategy would exit each token at each exit."""
     if decisions.shape[0] == 0:
@@ -63,13 +65,13 @@ def exit_outcome(
     return cost, float(right.float().mean())
 
 
-def expected_cost(decisions: torch.Tensor, exits: Sequence[int], depth: int, check_cost: float) -> float:
+def expected_cost(decisions: torch.Tensor, exits: Sequence[int], depth: float, check_cost: float) -> float:
     """The cost half of :func:`exit_outcome`."""
     return exit_outcome(decisions, exits, depth, check_cost)[0]
 
 
 def choose_checked_exits(
-    decisions: torch.Tensor, exits: Sequence[int], depth: int, check_cost: float
+    decisions: torch.Tensor, exits: Sequence[int], depth: float, check_cost: float
 ) -> list[int]:
     """Backward elimination: drop, one at a time, the exit whose removal lowers :func:`expected_cost` the most,
     until no removal lowers it."""
@@ -94,6 +96,7 @@ def select_checked_exits(
     tokenizer,
     texts: Sequence[str | tuple[str, str]],
     check_cost: float = 0.25,
+    head_cost: float = 0.0,
     **settings,
 ) -> list[int]:
     """The internal exits worth checking for ``model``'s exit strategy (``settings`` override the config's) on text
@@ -105,7 +108,9 @@ def select_checked_exits(
     The decisions come from one all-exits pass per text (exact hidden states, as generation with
     ``kv_fill="deferred"`` or ``"compute"`` sees them). A policy check costs about a quarter of a decoder layer
     on SmolLM2-135M on a CPU (the default); a `"confidence"` or `"entropy"` check runs the LM head, several layers'
-    worth.
+    worth. ``head_cost`` is what a token that reaches the last layer pays for the full LM head beyond an early exit's
+    head, in decoder layers: 0 when the exits use the full head too; with ``shortlist_exits``, about 3 for
+    SmolLM2-135M on a CPU (2.8 ms against 0.9 ms per layer).
 
     Example:
         >>> checked = select_checked_exits(model, tokenizer, answers, exit_strategy="policy", policy_threshold=0.75)
@@ -120,15 +125,20 @@ def select_checked_exits(
             f"exit_strategy={strategy!r} (pass exit_strategy=... or set it on the model's config)"
         )
     columns = []
-    for out, start in _calibration_passes(model, tokenizer, texts, check_cost,
+    for out, start in _calibration_passes(model, tokenizer, texts, check_cost, head_cost,
                                           output_exit_logits=strategy != "policy"):
         if strategy == "policy":
             passes = out.policy_probs[:, 0] > resolved["policy_threshold"]
         else:
-            passes = torch.stack([model._passes(strategy, resolved, logits[0]) for logits in out.exit_logits[:-1]])
+            # (with shortlist_exits the rule reads the shortlist's distribution: the full logits' shortlist columns)
+            shortlist = model.early_exit.shortlist if resolved["shortlist_exits"] else slice(None)
+            passes = torch.stack([
+                model._passes(strategy, resolved, logits[0][..., shortlist]) for logits in out.exit_logits[:-1]
+            ])
         columns.append(passes[:, start:])
     decisions = _scored(columns)
-    exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers
+    # The full head's extra time is a longer last "layer" in the cost of the tokens that reach it.
+    exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers + head_cost
     chosen = choose_checked_exits(decisions, exits, depth, check_cost)
     keep = [exits.index(k) for k in chosen]
     logger.info(
@@ -173,7 +183,7 @@ def fit_policy_thresholds(
     probs: torch.Tensor,
     correct: torch.Tensor,
     exits: Sequence[int],
-    depth: int,
+    depth: float,
     target_agreement: float,
     check_cost: float,
     grid: Sequence[float] = THRESHOLD_GRID,
@@ -205,12 +215,16 @@ def calibrate_policy_thresholds(
     texts: Sequence[str | tuple[str, str]],
     target_agreement: float = 0.95,
     check_cost: float = 0.25,
+    head_cost: float = 0.0,
+    shortlist_exits: bool | None = None,
 ) -> dict[int, float]:
     """Per-exit thresholds for the ``"policy"`` strategy that reach ``target_agreement`` with the full model's top-1
     tokens on text like ``texts`` at the lowest expected cost (layers run plus ``check_cost`` layers per check),
-    checking only the exits that pay for themselves. Set the result as ``policy_thresholds``. As in
-    :func:`select_checked_exits`, a ``(prompt, answer)`` pair scores the answer's tokens only; agreement on new text
-    is close to, not guaranteed by, the target (measure it, e.g. with ``evaluate_exits``).
+    checking only the exits that pay for themselves (``head_cost`` as in :func:`select_checked_exits`). Set the
+    result as ``policy_thresholds``. As in :func:`select_checked_exits`, a ``(prompt, answer)`` pair scores the
+    answer's tokens only; agreement on new text is close to, not guaranteed by, the target (measure it, e.g. with
+    ``evaluate_exits``). An exit agrees when its top-1 token is the full model's, over the token shortlist with
+    ``shortlist_exits`` (default: the model's setting), as the exits then predict.
 
     Example:
         >>> thresholds = calibrate_policy_thresholds(model, tokenizer, answers, target_agreement=0.95)
@@ -220,13 +234,23 @@ def calibrate_policy_thresholds(
         raise ValueError(f"target_agreement is a share of tokens in (0, 1] (got {target_agreement})")
     if not model.config.exit_layers:
         raise ValueError("the model has no internal exits to calibrate")
+    resolved = exit_settings(model.config, shortlist_exits=shortlist_exits)
+    check_exit_settings(model.config, **resolved)
+    shortlist = model.early_exit.shortlist if resolved["shortlist_exits"] else None
     probs, correct = [], []
     # Scored against the pass's own last exit: exit_correct says whether each exit's top-1 is the full model's,
-    # without every exit's logits in memory.
-    for out, start in _calibration_passes(model, tokenizer, texts, check_cost, self_distill=True):
+    # without every exit's logits in memory; shortlist exits need their logits, one text at a time.
+    passes = _calibration_passes(model, tokenizer, texts, check_cost, head_cost, self_distill=shortlist is None,
+                                 output_exit_logits=shortlist is not None)
+    for out, start in passes:
         probs.append(out.policy_probs[:, 0, start:-1])
-        correct.append(out.exit_correct[:-1, 0, start:])
-    exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers
+        if shortlist is None:
+            correct.append(out.exit_correct[:-1, 0, start:])
+        else:
+            full = out.exit_logits[-1][0, start:-1].argmax(-1)
+            correct.append(torch.stack([shortlist[logits[0, start:-1, shortlist].argmax(-1)] == full
+                                        for logits in out.exit_logits[:-1]]))
+    exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers + head_cost
     probs_all, correct_all = _scored(probs).float(), _scored(correct)
     thresholds = fit_policy_thresholds(probs_all, correct_all, exits, depth, target_agreement, check_cost)
     cost, agreement = _thresholds_outcome(probs_all, correct_all, thresholds, exits, depth, check_cost)

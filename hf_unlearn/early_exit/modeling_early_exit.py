@@ -300,8 +300,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             setattr(self.config, name, value)
 
     def set_exit_shortlist(self, token_ids: torch.Tensor | list[int]) -> None:
-        """Tokens whose logits screen exits cheaply (`confidence` and `entropy` strategies) and from which the lossless
-        mode's drafts are chosen; empty to remove."""
+        """Tokens whose logits screen exits cheaply (`confidence` and `entropy` strategies), from which the lossless
+        mode's drafts are chosen, and (``shortlist_exits=True``) the only tokens internal exits predict; empty to
+        remove."""
         ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().unique()
         vocab = self.config.backbone_config.vocab_size
         if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
@@ -427,6 +428,24 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             self.__dict__["_shortlist_rows"] = cached
         return F.linear(self._head_input(hidden, layer), cached[1], cached[2])
 
+    def _scatter_shortlist(self, compact: torch.Tensor) -> torch.Tensor:
+        """Shortlist logits ``(..., shortlist_size)`` as vocabulary logits, ``-inf`` outside the shortlist."""
+        logits = compact.new_full((*compact.shape[:-1], self.config.backbone_config.vocab_size), float("-inf"))
+        logits[..., self.early_exit.shortlist] = compact
+        return logits
+
+    def _ending_logits(self, hidden: torch.Tensor, layer: int, shortlist: bool) -> torch.Tensor:
+        """Logits of the tokens that end at ``layer``: from the shortlist's rows of the head when ``shortlist`` (an
+        internal exit with ``shortlist_exits``, or a lossless draft), else from the full head."""
+        if not shortlist or layer >= self._depth:
+            return self.exit_logits(hidden, layer)
+        if self.early_exit.shortlist.numel() == 0:
+            raise ValueError(
+                "shortlist_exits=True needs a token shortlist: set one with "
+                "model.set_exit_shortlist(token_shortlist(tokenizer, texts, size=4096))"
+            )
+        return self._scatter_shortlist(self._shortlist_logits(hidden, layer))
+
     # ------------------------------------------------------------------ forward
 
     def forward(
@@ -456,6 +475,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
         patience: int | None = None,
         fixed_exit_layer: int | None = None,
         checked_exits: list[int] | None = None,
+        shortlist_exits: bool | None = None,
         past_key_values=None,
         **kwargs,
     ) -> EarlyExitCausalLMOutput:
@@ -488,7 +508,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             In the all-exits pass without labels, return every exit's logits. `False` leaves `exit_logits` empty and
             returns the policy's probabilities and the last exit's logits: all the policy's warm start needs.
         exit_strategy, policy_threshold, policy_thresholds, confidence_threshold, entropy_threshold, patience,
-        fixed_exit_layer, checked_exits:
+        fixed_exit_layer, checked_exits, shortlist_exits:
             Override the config's inference settings for this call (also through `generate(...)`).
         """
         if past_key_values is not None:
@@ -507,12 +527,13 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             patience=patience,
             fixed_exit_layer=fixed_exit_layer,
             checked_exits=checked_exits,
+            shortlist_exits=shortlist_exits,
         )
         if exit_strategy is not None or any(
             v is not None
             for v in (
                 policy_threshold, policy_thresholds, confidence_threshold, entropy_threshold, patience,
-                fixed_exit_layer, checked_exits,
+                fixed_exit_layer, checked_exits, shortlist_exits,
             )
         ):
             check_exit_settings(self.config, **settings)
@@ -799,7 +820,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             if bool(exit_now.any()):
                 chosen = tuple(r[exit_now] for r in rows)
                 if logits is None:
-                    logits = self.exit_logits(hidden[chosen], k)
+                    logits = self._ending_logits(hidden[chosen], k, settings["shortlist_exits"])
                 else:
                     logits = logits[exit_now]
                 if logits_out is None:
@@ -910,12 +931,9 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             logits = self.exit_logits(torch.cat([*completed, hidden], dim=1), depth)
         elif logits is not None and exit_layer < depth:
             logits = logits.view(1, 1, -1)
-        elif draft and self.early_exit.shortlist.numel():
-            ids = self.early_exit.shortlist
-            logits = hidden.new_full((1, 1, self.config.backbone_config.vocab_size), float("-inf"))
-            logits[..., ids] = self._shortlist_logits(hidden, exit_layer).to(logits.dtype)
         else:
-            logits = self.exit_logits(hidden, exit_layer)
+            shortlist = settings["shortlist_exits"] or (draft and self.early_exit.shortlist.numel() > 0)
+            logits = self._ending_logits(hidden, exit_layer, shortlist)
         exit_layers = torch.full((1, 1), exit_layer, dtype=torch.long, device=hidden.device)
         self.exit_stats.update(exit_layers)
         return EarlyExitCausalLMOutput(logits=logits, exit_layers=exit_layers)
@@ -929,14 +947,18 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             per_exit = settings["policy_thresholds"]
             threshold = settings["policy_threshold"] if per_exit is None else per_exit[layer]
             return self.exit_probability(hidden, layer) > threshold, None
+        shortlist = settings["shortlist_exits"]
         if strategy == "patience":
-            logits = self.exit_logits(hidden, layer)
+            logits = self._ending_logits(hidden, layer, shortlist)
             top = logits.argmax(-1)
             same = top == previous[rows]
             streak[rows] = torch.where(same, streak[rows] + 1, torch.ones_like(top))
             previous[rows] = top
             return streak[rows] >= settings["patience"], logits
         # confidence / entropy: optionally screen with the shortlist, then decide on the full head's distribution.
+        if shortlist:  # the shortlist's distribution is the exit's: nothing to confirm
+            compact = self._shortlist_logits(hidden, layer)
+            return self._passes(strategy, settings, compact), self._scatter_shortlist(compact)
         candidates = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         if self.early_exit.shortlist.numel():
             candidates = self._passes(strategy, settings, self._shortlist_logits(hidden, layer))

@@ -306,6 +306,8 @@ def render_early_exit_card(
         exit_strategy=config.exit_strategy,
         exit_setting=None if setting is None else {"name": setting, "value": _cell(getattr(config, setting, None))},
         exit_head=config.exit_head,
+        shortlist_exits=bool(getattr(config, "shortlist_exits", False)),
+        shortlist_size=getattr(config, "shortlist_size", 0),
         evaluation_rows=rows,
         prompts=_cell(meta.get("prompts")),
         max_new_tokens=_cell(meta.get("max_new_tokens")),
