@@ -110,6 +110,13 @@ EXIT_LAYERS = list(range(8, 30, 2))
 # The policy reads the hidden state only: the confidence features would cost a shortlist head at every exit it
 # checks (about 0.9 ms, two thirds of a layer), more than they gain over the hidden state on these exits.
 POLICY_FEATURES = "hidden"
+# The exits are trained on the shortlist, and predict from it (shortlist_exits): a token that exits pays the
+# shortlist's rows of the LM head (0.17 ms) instead of the full head (2.76 ms), which a token reaching the last layer
+# still pays: 2.9 decoder layers (0.90 ms) more, on these 2 cores (bench_early_exit.py measures all three). The
+# calibration weighs exits with that head_cost. --full-head-exits evaluates the exits with the full head instead.
+SHORTLIST_EXITS = True
+HEAD_COST = 2.9
+SHORTLIST_SIZE = 4096
 POLICY_THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95]
 # Drafts of the lossless mode: a rejected draft wastes its layers, so fewer, surer drafts do better here.
 LOSSLESS_THRESHOLDS = [0.5, 0.7, 0.8, 0.9]
@@ -205,7 +212,8 @@ def phase_heads(kind: str, data: dict, opts) -> dict:
     wrapper = EarlyExitForCausalLM.from_backbone(model, exit_layers=EXIT_LAYERS, exit_head="translator",
                                                  adapter_rank=64, policy_hidden_size=128,
                                                  policy_features=POLICY_FEATURES)
-    wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]], size=4096))
+    wrapper.set_exit_shortlist(token_shortlist(tokenizer, [r["completion"] for r in data["train"]],
+                                               size=SHORTLIST_SIZE))
     peft_config = None
     if kind == "lora":
         from peft import LoraConfig
@@ -272,6 +280,15 @@ def phase_policy(kind: str, opts) -> dict:
     return result
 
 
+def exit_tokens(model: EarlyExitForCausalLM, logits: torch.Tensor, last: bool) -> torch.Tensor:
+    """The top-1 tokens an exit predicts from its vocabulary logits: over the shortlist for an internal exit with
+    ``shortlist_exits``."""
+    if last or not model.config.shortlist_exits:
+        return logits.argmax(-1)
+    shortlist = model.early_exit.shortlist
+    return shortlist[logits[..., shortlist].argmax(-1)]
+
+
 @torch.no_grad()
 def oracle_bound(model, original, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     """The ceiling of these exits: every generated token exits at its memorized layer against the original model's
@@ -290,18 +307,25 @@ def oracle_bound(model, original, tokenizer, prompts: list[str], max_new_tokens:
         # Positions after the prompt's last one decide their exits (the prompt pass runs at full depth).
         start = ids.shape[1]
         targets = sequence[0, start + 1:]
-        correct = torch.stack([logits[0, start:-1].argmax(-1) == targets for logits in exits])
+        correct = torch.stack([exit_tokens(model, logits[0, start:-1], last=i == len(exits) - 1) == targets
+                               for i, logits in enumerate(exits)])
         layers.append(losses.memorized_layers(correct, model.config.all_exits).float())
     mean_exit = torch.cat(layers).mean().item()
     return {"mean_exit_layer": mean_exit, "layer_speedup": model.config.num_hidden_layers / mean_exit,
             "tokens": int(sum(len(x) for x in layers))}
 
 
+def load_exits(path: Path, **config_kwargs) -> EarlyExitForCausalLM:
+    """A trained checkpoint for evaluation, its exits predicting from the shortlist unless ``--full-head-exits``."""
+    config_kwargs.setdefault("shortlist_exits", SHORTLIST_EXITS)
+    return EarlyExitForCausalLM.from_pretrained(path, **config_kwargs).eval()
+
+
 def policy_rows(path: Path, strategy: str, original, tokenizer, prompts: list[str], opts, **model_kwargs) -> list:
     """The policy thresholds' points of the checkpoint at ``path`` (loaded with ``model_kwargs``), named
     ``strategy``."""
     table = evaluate_exits(
-        EarlyExitForCausalLM.from_pretrained(path, **model_kwargs).eval(), tokenizer, prompts,
+        load_exits(path, **model_kwargs), tokenizer, prompts,
         {"policy": POLICY_THRESHOLDS[:2] if opts.quick else POLICY_THRESHOLDS},
         max_new_tokens=8 if opts.quick else opts.eval_tokens, reference_model=original,
         rounds=1 if opts.quick else opts.rounds, lossless=False,
@@ -333,7 +357,7 @@ def phase_evaluate_lossless(data: dict, opts) -> dict:
     original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
-        model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}").eval()
+        model = load_exits(WORK / f"checkpoint-{kind}")
         results[kind] = [{**row, "backbone": kind} for row in lossless_rows(model, original, tokenizer, prompts, opts)]
         print(f"[evaluate-lossless] {kind}:\n" + ExitEvaluation(results[kind]).to_markdown(), flush=True)
     return results
@@ -348,6 +372,11 @@ def policy_split_answers(data: dict, kind: str, count: int) -> list[tuple[str, s
     return [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
 
 
+def head_cost(model: EarlyExitForCausalLM) -> float:
+    """What the full LM head costs a token that reaches the last layer beyond an exit's head, in layers."""
+    return HEAD_COST if model.config.shortlist_exits else 0.0
+
+
 def tuned_rows(data: dict, opts, strategy: str, label: str, values: list, lossless_values: list,
                answers_count: int, tune) -> dict:
     """Rows ``<strategy>+deferred+<label>=<value>`` (and ``lossless+<label>=<value>`` for ``lossless_values``) of
@@ -357,7 +386,7 @@ def tuned_rows(data: dict, opts, strategy: str, label: str, values: list, lossle
     original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
-        model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}", kv_fill="deferred").eval()
+        model = load_exits(WORK / f"checkpoint-{kind}", kv_fill="deferred")
         answers = policy_split_answers(data, kind, 4 if opts.quick else answers_count)
         rows = []
         for value in values[:1] if opts.quick else values:
@@ -384,7 +413,8 @@ def phase_evaluate_checked(data: dict, opts) -> dict:
     """The policy checked only at the exits ``select_checked_exits`` picks for each threshold."""
 
     def tune(model, tokenizer, answers, threshold):
-        checked = select_checked_exits(model, tokenizer, answers, exit_strategy="policy", policy_threshold=threshold)
+        checked = select_checked_exits(model, tokenizer, answers, head_cost=head_cost(model),
+                                       exit_strategy="policy", policy_threshold=threshold)
         model.config.checked_exits = checked
         return threshold, {"checked_exits": checked}
 
@@ -397,7 +427,8 @@ def phase_evaluate_confidence_checked(data: dict, opts) -> dict:
     then mostly for the exit's own logits)."""
 
     def tune(model, tokenizer, answers, threshold):
-        checked = select_checked_exits(model, tokenizer, answers, check_cost=0.5, exit_strategy="confidence",
+        checked = select_checked_exits(model, tokenizer, answers, check_cost=0.5, head_cost=head_cost(model),
+                                       exit_strategy="confidence",
                                        confidence_threshold=threshold)
         model.config.checked_exits = checked
         return threshold, {"checked_exits": checked}
@@ -410,7 +441,8 @@ def phase_evaluate_calibrated(data: dict, opts) -> dict:
     value in the rows' names is the target)."""
 
     def tune(model, tokenizer, answers, target):
-        thresholds = calibrate_policy_thresholds(model, tokenizer, answers, target_agreement=target)
+        thresholds = calibrate_policy_thresholds(model, tokenizer, answers, target_agreement=target,
+                                                 head_cost=head_cost(model))
         model.config.policy_thresholds = thresholds
         return model.config.policy_threshold, {"policy_thresholds": thresholds}
 
@@ -421,7 +453,7 @@ def phase_evaluate(data: dict, opts) -> dict:
     original, tokenizer, prompts = evaluation_inputs(data, opts)
     results = {}
     for kind in opts.models:
-        model = EarlyExitForCausalLM.from_pretrained(WORK / f"checkpoint-{kind}").eval()
+        model = load_exits(WORK / f"checkpoint-{kind}")
         strategies = {k: v[:2] for k, v in STRATEGIES.items()} if opts.quick else STRATEGIES
         table = evaluate_exits(
             model, tokenizer, prompts, strategies, max_new_tokens=8 if opts.quick else opts.eval_tokens,
@@ -519,7 +551,10 @@ def markdown(report: dict) -> str:
         f"{report['meta']['device']}, {report['meta']['threads']} threads, torch {report['meta']['torch']}; "
         f"{report['meta']['prompts']} held-out prompts x {report['meta']['eval_tokens']} greedy tokens at batch 1, "
         f"medians of {report['meta']['rounds']} interleaved rounds. Agreement: share of positions where the exit's "
-        "top-1 token equals the original model's greedy token (teacher-forced on its continuations).",
+        "top-1 token equals the original model's greedy token (teacher-forced on its continuations). " + (
+            f"Internal exits predict from the {report['meta']['shortlist_size']}-token shortlist "
+            f"(`shortlist_exits=True`); calibration weighs the full head at {report['meta']['head_cost']} layers."
+            if report["meta"].get("shortlist_exits") else "Every exit uses the full LM head."),
         "",
         "Training budget (CPU): " + "; ".join(
             f"{kind}: " + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in train["seconds"].items())
@@ -613,8 +648,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--full-head-exits", action="store_true",
+                        help="evaluate the exits with the full LM head (shortlist_exits=False), as before 2026-12-06")
     opts = parser.parse_args()
-    global WORK
+    global WORK, SHORTLIST_EXITS
+    SHORTLIST_EXITS = not opts.full_head_exits
     WORK = WORK_ROOT / ("quick" if opts.quick else "full")
     name = "consistentee_quick" if opts.quick else "consistentee"
     if opts.phase == "render":
@@ -662,7 +700,9 @@ def main() -> None:
         "meta": {"device": platform.processor() or "CPU", "threads": opts.threads, "torch": torch.__version__,
                  "transformers": transformers.__version__, "prompts": len(data["held_out_prompts"]),
                  "eval_tokens": opts.eval_tokens, "rounds": opts.rounds, "exit_layers": EXIT_LAYERS,
-                 "training_examples": len(data["train"]), "evaluated": evaluated},
+                 "training_examples": len(data["train"]), "evaluated": evaluated,
+                 "shortlist_exits": SHORTLIST_EXITS, "head_cost": HEAD_COST if SHORTLIST_EXITS else 0.0,
+                 "shortlist_size": SHORTLIST_SIZE},
         "training": training,
         "points": results,
     }
