@@ -111,8 +111,9 @@ EXIT_LAYERS = list(range(8, 30, 2))
 # checks (about 0.9 ms, two thirds of a layer), more than they gain over the hidden state on these exits.
 POLICY_FEATURES = "hidden"
 # The exits are trained on the shortlist, and predict from it (shortlist_exits): a token that exits pays the
-# shortlist's rows of the LM head (0.17 ms) instead of the full head (2.76 ms), which a token reaching the last layer
-# still pays: 2.9 decoder layers (0.90 ms) more, on these 2 cores (bench_early_exit.py measures all three). The
+# shortlist's rows of the LM head instead of the full head, which a token reaching the last layer still pays: 2.6-2.9
+# decoder layers more on these 2 cores (bench_early_exit.py measures all three: 0.33, 3.04 and 1.05 ms on 2026-12-06;
+# 2.9 is from an earlier measurement of the head and the layer). The
 # calibration weighs exits with that head_cost. --full-head-exits evaluates the exits with the full head instead.
 SHORTLIST_EXITS = True
 HEAD_COST = 2.9

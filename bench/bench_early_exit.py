@@ -91,8 +91,11 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def component_costs(model: EarlyExitForCausalLM, batch, device: str, reps: int) -> dict[str, float]:
-    """Milliseconds per decode token for one layer, one fill, the head and the policy, measured in context."""
+def component_costs(
+    model: EarlyExitForCausalLM, batch, device: str, reps: int, shortlist: list[int]
+) -> dict[str, float]:
+    """Milliseconds per decode token for one layer, one fill, the head, the head's shortlist rows (what an exit pays
+    with ``shortlist_exits``) and the policy, measured in context."""
     depth = model.config.num_hidden_layers
     cache = DynamicCache(config=model.config.backbone_config)
     model(**batch, cache=cache, use_cache=True)
@@ -121,9 +124,14 @@ def component_costs(model: EarlyExitForCausalLM, batch, device: str, reps: int) 
     def policy():
         model.exit_probability(hidden, model.config.exit_layers[0])
 
+    def shortlist_head():
+        model._ending_logits(hidden, model.config.exit_layers[0], shortlist=True)
+
+    model.set_exit_shortlist(shortlist)
+
     timings = {}
     for name, fn, per in (("layer", all_layers, depth), ("fill", all_fills, depth), ("head", head, 1),
-                          ("policy", policy, 1)):
+                          ("policy", policy, 1), ("shortlist_head", shortlist_head, 1)):
         fn()
         samples = []
         for _ in range(reps):
@@ -186,7 +194,7 @@ def bench_model(name: str, opts) -> dict:
     result = {"layers": depth, "exit_layers": wrapper.config.exit_layers, "shortlist_size": len(shortlist)}
     for batch_size in opts.batch_sizes:
         batch = encode(tokenizer, PROMPTS[:batch_size], opts.device)
-        costs = component_costs(wrapper, batch, opts.device, opts.cost_reps)
+        costs = component_costs(wrapper, batch, opts.device, opts.cost_reps, shortlist)
         print(f"[{name}] batch {batch_size} costs (ms/token): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()),
               flush=True)
         rows = variants(depth, batch_size)
@@ -248,7 +256,9 @@ def markdown(results: dict) -> str:
                 f"**{name}, batch {key.split('_')[1]}**: full model {block['full_ms_per_token']:.1f} ms per "
                 "generation step (prompt pass included); per decode step: layer "
                 f"{costs['layer']:.2f} ms, skipped-layer fill {costs['fill']:.2f} ms, norm + LM head "
-                f"{costs['head']:.2f} ms, policy {costs['policy']:.3f} ms.",
+                f"{costs['head']:.2f} ms" + (f" (its {model['shortlist_size']} shortlist rows "
+                                             f"{costs['shortlist_head']:.2f} ms)" if "shortlist_head" in costs else "")
+                + f", policy {costs['policy']:.3f} ms.",
                 "",
                 "| variant | tokens/s | speed-up | mean exit layer | agreement | ideal speed-up | measured / ideal |",
                 "|---|---|---|---|---|---|---|",

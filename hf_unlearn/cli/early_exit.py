@@ -96,11 +96,12 @@ def add_parser(subparsers) -> None:
     calibrate.add_argument("--check-cost", type=float, default=0.25,
                            help="time of one policy check, in decoder layers (default: 0.25, SmolLM2 on a CPU)")
     calibrate.add_argument("--shortlist-exits", action="store_true",
-                           help="internal exits predict from the model's token shortlist only (shortlist_exits), a "
-                                "tenth of the full LM head's cost at 4096 tokens; saved with the thresholds")
+                           help="internal exits predict from the model's token shortlist only (shortlist_exits): "
+                                "about a ninth of the full LM head's cost at 4096 tokens on SmolLM2; saved with the "
+                                "thresholds")
     calibrate.add_argument("--head-cost", type=float, default=None,
                            help="what the full LM head costs a token that reaches the last layer beyond an exit's "
-                                "head, in decoder layers (default: 3 with --shortlist-exits, SmolLM2 on a CPU; "
+                                "head, in decoder layers (default: 2.6 with --shortlist-exits, SmolLM2 on a CPU; "
                                 "else 0)")
     calibrate.add_argument("--output-dir", required=True, help="where the calibrated checkpoint goes")
     add_runtime_options(calibrate)
@@ -191,7 +192,7 @@ def run_calibrate(args: argparse.Namespace, extra: list[str]) -> int:
         raise CLIError(f"--target is a share of tokens in (0, 1], got {args.target}")
     if args.check_cost < 0:
         raise CLIError(f"--check-cost is a time in decoder layers, >= 0, got {args.check_cost}")
-    head_cost = args.head_cost if args.head_cost is not None else 3.0 if args.shortlist_exits else 0.0
+    head_cost = args.head_cost if args.head_cost is not None else 2.6 if args.shortlist_exits else 0.0
     if head_cost < 0:
         raise CLIError(f"--head-cost is a time in decoder layers, >= 0, got {head_cost}")
     texts = []

@@ -85,7 +85,7 @@ class EarlyExitConfig(PretrainedConfig):
         shortlist_exits (`bool`, *optional*, defaults to `False`):
             Internal exits predict only the shortlist's tokens (logits `-inf` for the others), from the shortlist's
             rows of the LM head: about `vocab_size / shortlist_size` times cheaper than the full head, which an
-            exit otherwise pays again for every token it ends (on SmolLM2-135M about three decoder layers on a CPU).
+            exit otherwise pays again for every token it ends (on SmolLM2-135M 2.6 decoder layers on a CPU).
             Meant for exits trained on the shortlist (`loss_on_shortlist`); a token outside it can only come from the
             last layer. The confidence, entropy and patience rules then decide on the shortlist's distribution.
         kv_fill (`str`, *optional*, defaults to `"state"`):
