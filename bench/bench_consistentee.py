@@ -113,8 +113,8 @@ POLICY_FEATURES = "hidden"
 # The exits are trained on the shortlist, and predict from it (shortlist_exits): a token that exits pays the
 # shortlist's rows of the LM head instead of the full head, which a token reaching the last layer still pays: 2.6-2.9
 # decoder layers more on these 2 cores (bench_early_exit.py measures all three: 0.33, 3.04 and 1.05 ms on 2026-12-06;
-# 2.9 is from an earlier measurement of the head and the layer). The
-# calibration weighs exits with that head_cost. --full-head-exits evaluates the exits with the full head instead.
+# 2.9 is from an earlier measurement of the head and the layer). The calibration weighs exits with that head_cost.
+# --full-head-exits evaluates the exits with the full head instead.
 SHORTLIST_EXITS = True
 HEAD_COST = 2.9
 SHORTLIST_SIZE = 4096
@@ -281,15 +281,6 @@ def phase_policy(kind: str, opts) -> dict:
     return result
 
 
-def exit_tokens(model: EarlyExitForCausalLM, logits: torch.Tensor, last: bool) -> torch.Tensor:
-    """The top-1 tokens an exit predicts from its vocabulary logits: over the shortlist for an internal exit with
-    ``shortlist_exits``."""
-    if last or not model.config.shortlist_exits:
-        return logits.argmax(-1)
-    shortlist = model.early_exit.shortlist
-    return shortlist[logits[..., shortlist].argmax(-1)]
-
-
 @torch.no_grad()
 def oracle_bound(model, original, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     """The ceiling of these exits: every generated token exits at its memorized layer against the original model's
@@ -308,8 +299,8 @@ def oracle_bound(model, original, tokenizer, prompts: list[str], max_new_tokens:
         # Positions after the prompt's last one decide their exits (the prompt pass runs at full depth).
         start = ids.shape[1]
         targets = sequence[0, start + 1:]
-        correct = torch.stack([exit_tokens(model, logits[0, start:-1], last=i == len(exits) - 1) == targets
-                               for i, logits in enumerate(exits)])
+        correct = torch.stack([model._exit_tokens(logits[0, start:-1], k, model.config.shortlist_exits) == targets
+                               for k, logits in zip(model.config.all_exits, exits)])
         layers.append(losses.memorized_layers(correct, model.config.all_exits).float())
     mean_exit = torch.cat(layers).mean().item()
     return {"mean_exit_layer": mean_exit, "layer_speedup": model.config.num_hidden_layers / mean_exit,

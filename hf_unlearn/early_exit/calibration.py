@@ -236,20 +236,20 @@ def calibrate_policy_thresholds(
         raise ValueError("the model has no internal exits to calibrate")
     resolved = exit_settings(model.config, shortlist_exits=shortlist_exits)
     check_exit_settings(model.config, **resolved)
-    shortlist = model.early_exit.shortlist if resolved["shortlist_exits"] else None
     probs, correct = [], []
     # Scored against the pass's own last exit: exit_correct says whether each exit's top-1 is the full model's,
     # without every exit's logits in memory; shortlist exits need their logits, one text at a time.
-    passes = _calibration_passes(model, tokenizer, texts, check_cost, head_cost, self_distill=shortlist is None,
-                                 output_exit_logits=shortlist is not None)
+    shortlist = resolved["shortlist_exits"]
+    passes = _calibration_passes(model, tokenizer, texts, check_cost, head_cost, self_distill=not shortlist,
+                                 output_exit_logits=shortlist)
     for out, start in passes:
         probs.append(out.policy_probs[:, 0, start:-1])
-        if shortlist is None:
+        if not shortlist:
             correct.append(out.exit_correct[:-1, 0, start:])
         else:
             full = out.exit_logits[-1][0, start:-1].argmax(-1)
-            correct.append(torch.stack([shortlist[logits[0, start:-1, shortlist].argmax(-1)] == full
-                                        for logits in out.exit_logits[:-1]]))
+            correct.append(torch.stack([model._exit_tokens(logits[0, start:-1], k, shortlist=True) == full
+                                        for k, logits in zip(model.config.exit_layers, out.exit_logits[:-1])]))
     exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers + head_cost
     probs_all, correct_all = _scored(probs).float(), _scored(correct)
     thresholds = fit_policy_thresholds(probs_all, correct_all, exits, depth, target_agreement, check_cost)

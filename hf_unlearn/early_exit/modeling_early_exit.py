@@ -446,6 +446,14 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return self._scatter_shortlist(self._shortlist_logits(hidden, layer))
 
+    def _exit_tokens(self, logits: torch.Tensor, layer: int, shortlist: bool) -> torch.Tensor:
+        """The top-1 tokens of the exit at ``layer`` from its full vocabulary logits, as generation picks them: over
+        the shortlist for an internal exit when ``shortlist`` (``shortlist_exits``)."""
+        if not shortlist or layer >= self._depth:
+            return logits.argmax(-1)
+        ids = self.early_exit.shortlist
+        return ids[logits[..., ids].argmax(-1)]
+
     # ------------------------------------------------------------------ forward
 
     def forward(
