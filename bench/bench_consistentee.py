@@ -22,6 +22,7 @@ Phases (each cached under ``bench/results/consistentee_work/``, git-ignored, so 
     python bench/bench_consistentee.py                     # all phases, ~2.5 h on 2 CPU cores
     python bench/bench_consistentee.py --phase evaluate    # re-evaluate the trained checkpoints
     python bench/bench_consistentee.py --quick             # a few steps of everything, to check the pipeline
+    python bench/bench_consistentee.py --work more --extra-topics  # twice the answers, beside the published run
 
 Writes ``bench/results/consistentee.json`` (each point: strategy, settings, measured speed-up, agreement),
 ``bench/results/consistentee.png`` and the table in ``bench/README.md``.
@@ -100,6 +101,37 @@ MORE_TOPICS = [
     "vitamins", "squirrels", "newspapers", "the Internet of Things", "oceans currents", "beetles", "running",
     "the Greek gods", "copper", "friendship", "hummingbirds", "traffic lights", "the Pacific Ocean", "dust",
 ]
+# Twice the answers (--extra-topics, 2026-12-06, work folder 'more'): the exits agreed with the full model less on
+# held-out topics than on the training topics (layer 28: 0.69 against 0.79); doubling the topics did not change
+# that (diagnose_exit_signals.py), so the published run does not use them.
+EXTRA_TOPICS = [
+    "volcanic islands", "sand dunes", "the Mississippi River", "canals", "dams", "irrigation", "farming", "tractors",
+    "beekeeping", "sheep", "goats", "cows", "chickens", "ducks", "swans", "falcons", "pigeons", "crows", "robins",
+    "flamingos", "ostriches", "turtles", "lizards", "snakes", "salamanders", "seahorses", "starfish", "crabs",
+    "lobsters", "oysters", "seaweed", "plankton", "krill", "walruses", "seals", "polar bears", "pandas", "koalas",
+    "sloths", "hedgehogs", "rabbits", "mice", "hamsters", "foxes", "raccoons", "moose", "bison", "rhinos", "hippos",
+    "giraffes", "cheetahs", "leopards", "monkeys", "chimpanzees", "orangutans", "soup", "sandwiches", "noodles",
+    "sushi", "tacos", "curry", "bananas", "oranges", "lemons", "grapes", "strawberries", "pumpkins", "onions",
+    "garlic", "beans", "corn", "peanuts", "almonds", "coconuts", "maple syrup", "ice cream", "butter", "eggs",
+    "vinegar", "pepper", "cinnamon", "vanilla", "restaurants", "markets", "supermarkets", "shopping", "advertising",
+    "factories", "offices", "farms", "zoos", "parks", "playgrounds", "airports", "train stations", "harbors",
+    "tunnels", "highways", "traffic", "buses", "motorcycles", "scooters", "sailboats", "canoes", "radio",
+    "television", "cinema", "cartoons", "comic books", "board games", "puzzles", "card games", "magic tricks",
+    "circuses", "festivals", "birthdays", "weddings", "holidays", "camping", "hiking", "fishing", "gardening",
+    "knitting", "pottery", "drawing", "dancing", "singing", "drums", "violins", "flutes", "trumpets", "choirs",
+    "rock music", "hip hop", "classical music", "folk tales", "fairy tales", "myths", "legends", "heroes",
+    "inventors", "scientists", "doctors", "nurses", "teachers", "firefighters", "police officers", "pilots",
+    "astronauts", "farmers", "chefs", "engineers", "architects", "lawyers", "judges", "elections", "parliaments",
+    "constitutions", "human rights", "the United Nations", "trade", "inflation", "unemployment", "credit cards",
+    "insurance", "cryptocurrency", "algorithms", "programming", "databases", "artificial intelligence", "robotics",
+    "3D printing", "lasers", "radar", "GPS", "wifi", "bluetooth", "microchips", "transistors", "semiconductors",
+    "quantum physics", "atoms", "molecules", "chemical reactions", "acids", "metals", "iron", "silver", "aluminum",
+    "carbon", "hydrogen", "helium", "water", "steam", "sound", "echoes", "colors", "mirrors", "lenses", "shadows",
+    "heat", "friction", "energy", "motion", "speed", "time zones", "seasons", "leap years", "the north pole",
+    "the south pole", "Antarctica", "Australia", "Africa", "Asia", "Europe", "South America", "Canada", "Japan",
+    "India", "Brazil", "Mexico", "Italy", "Greece", "China", "the Colosseum", "Stonehenge", "Machu Picchu",
+    "the Statue of Liberty", "Mount Everest", "the Grand Canyon", "Niagara Falls", "hawks",
+]
 HELD_OUT_TOPICS = ["glaciers", "the printing press", "honey", "submarines", "origami", "lighthouses", "tea", "owls"]
 TEMPLATES = [
     "What is {}?", "Explain {} to a child.", "Write two sentences about {}.", "Give three facts about {}.",
@@ -144,7 +176,8 @@ def phase_data(opts) -> dict:
     """The training answers, cached; prompts added to the topic lists later are answered and appended."""
     path = WORK / "data.json"
     data = json.loads(path.read_text()) if path.exists() else {"train": [], "seconds": 0.0}
-    prompts = [t.format(topic) for topic in TOPICS + MORE_TOPICS for t in TEMPLATES]
+    topics = TOPICS + MORE_TOPICS + (EXTRA_TOPICS if opts.extra_topics else [])
+    prompts = [t.format(topic) for topic in topics for t in TEMPLATES]
     if opts.quick:
         prompts = prompts[:8]
     answered = {row["prompt"] for row in data["train"]}
@@ -364,6 +397,12 @@ def policy_split_answers(data: dict, kind: str, count: int) -> list[tuple[str, s
     return [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
 
 
+def policy_check_cost(model: EarlyExitForCausalLM) -> float:
+    """A policy check's time in layers: the policy head (the library's default), plus the shortlist's rows of the LM
+    head when the policy reads the exit's confidence (0.33 ms against layers of 1.05 ms, bench_early_exit.py)."""
+    return 0.25 + (0.31 if model.config.policy_features == "hidden+confidence" else 0.0)
+
+
 def head_cost(model: EarlyExitForCausalLM) -> float:
     """What the full LM head costs a token that reaches the last layer beyond an exit's head, in layers."""
     return HEAD_COST if model.config.shortlist_exits else 0.0
@@ -405,8 +444,8 @@ def phase_evaluate_checked(data: dict, opts) -> dict:
     """The policy checked only at the exits ``select_checked_exits`` picks for each threshold."""
 
     def tune(model, tokenizer, answers, threshold):
-        checked = select_checked_exits(model, tokenizer, answers, head_cost=head_cost(model),
-                                       exit_strategy="policy", policy_threshold=threshold)
+        checked = select_checked_exits(model, tokenizer, answers, check_cost=policy_check_cost(model),
+                                       head_cost=head_cost(model), exit_strategy="policy", policy_threshold=threshold)
         model.config.checked_exits = checked
         return threshold, {"checked_exits": checked}
 
@@ -434,7 +473,7 @@ def phase_evaluate_calibrated(data: dict, opts) -> dict:
 
     def tune(model, tokenizer, answers, target):
         thresholds = calibrate_policy_thresholds(model, tokenizer, answers, target_agreement=target,
-                                                 head_cost=head_cost(model))
+                                                 check_cost=policy_check_cost(model), head_cost=head_cost(model))
         model.config.policy_thresholds = thresholds
         return model.config.policy_threshold, {"policy_thresholds": thresholds}
 
@@ -616,6 +655,7 @@ EXTRA_PHASES = {
 
 
 def main() -> None:
+    global WORK, SHORTLIST_EXITS, POLICY_FEATURES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", default="all",
                         choices=["all", "data", "frozen", "lora", "evaluate", *EXTRA_PHASES, "render"],
@@ -636,19 +676,27 @@ def main() -> None:
     parser.add_argument("--cost", type=float, default=0.03)
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--retrain-policy", action="store_true")
+    parser.add_argument("--policy-features", default=POLICY_FEATURES, choices=["hidden", "hidden+confidence"],
+                        help="the policy's input (a new policy on the cached heads: use with --retrain-policy)")
     parser.add_argument("--eval-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--extra-topics", action="store_true",
+                        help="answer EXTRA_TOPICS too (twice the training answers; use with another --work)")
+    parser.add_argument("--work", default="full",
+                        help="work folder under results/consistentee_work/ (another one keeps the published run's "
+                             "checkpoints; its report goes to results/consistentee_<work>.json, not the README)")
     parser.add_argument("--full-head-exits", action="store_true",
                         help="evaluate the exits with the full LM head (shortlist_exits=False), as before 2026-12-06")
     opts = parser.parse_args()
-    global WORK, SHORTLIST_EXITS
-    SHORTLIST_EXITS = not opts.full_head_exits
-    WORK = WORK_ROOT / ("quick" if opts.quick else "full")
+    SHORTLIST_EXITS, POLICY_FEATURES = not opts.full_head_exits, opts.policy_features
+    WORK = WORK_ROOT / ("quick" if opts.quick else opts.work)
     name = "consistentee_quick" if opts.quick else "consistentee"
+    if opts.work != "full" and not opts.quick:
+        name = f"consistentee_{opts.work}"
     if opts.phase == "render":
-        publish(json.loads((ROOT / "results" / f"{name}.json").read_text()), name, readme=not opts.quick)
+        publish(json.loads((ROOT / "results" / f"{name}.json").read_text()), name, readme=name == "consistentee")
         return
     torch.set_num_threads(opts.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -670,7 +718,7 @@ def main() -> None:
         for kind, rows in EXTRA_PHASES[opts.phase](data, opts).items():
             added = {r["strategy"] for r in rows}
             report["points"][kind] = [r for r in report["points"][kind] if r["strategy"] not in added] + rows
-        publish(report, name, readme=not opts.quick)
+        publish(report, name, readme=name == "consistentee")
         return
     if opts.phase not in ("all", "evaluate"):
         return
@@ -698,7 +746,7 @@ def main() -> None:
         "training": training,
         "points": results,
     }
-    publish(report, name, readme=not opts.quick)
+    publish(report, name, readme=name == "consistentee")
 
 
 if __name__ == "__main__":
