@@ -474,6 +474,21 @@ def test_fitted_policy_thresholds_reach_the_target_at_the_lowest_cost():
     assert fit_policy_thresholds(probs, correct, [1, 2], 4, 0.75, 10.0, grid=(0.55, 0.65, 0.75)) == {}
 
 
+def test_fitted_policy_thresholds_reach_a_policy_with_low_exit_probabilities():
+    from hf_unlearn.early_exit.calibration import THRESHOLD_GRID, exit_outcome, fit_policy_thresholds
+
+    # A policy that separates perfectly, below the fixed grid: exit 1 (of 4 layers) is right for the 60 tokens where
+    # it says 0.05-0.1 and wrong for the 40 where it says 0.01.
+    probs = torch.cat([torch.linspace(0.05, 0.1, 60), torch.full((40,), 0.01)]).unsqueeze(0)
+    correct = torch.cat([torch.ones(60, dtype=torch.bool), torch.zeros(40, dtype=torch.bool)]).unsqueeze(0)
+    assert fit_policy_thresholds(probs, correct, [1], 4, 1.0, 0.1, grid=THRESHOLD_GRID) == {}
+    thresholds = fit_policy_thresholds(probs, correct, [1], 4, 1.0, 0.1)
+    assert 0.01 <= thresholds[1] < 0.05
+    # By hand: 60 tokens at layer 1, 40 at layer 4, each paying one check of 0.1 layers.
+    cost, agreement = exit_outcome(probs > thresholds[1], [1], 4, 0.1, correct)
+    assert (cost, agreement) == pytest.approx(((60 * 1 + 40 * 4) / 100 + 0.1, 1.0))
+
+
 def test_select_checked_exits_on_a_model(backbone, tokenizer):
     from hf_unlearn.early_exit import calibrate_policy_thresholds, select_checked_exits
 

@@ -179,20 +179,17 @@ def _descend(probs, correct, exits, depth, check_cost, weight: float, grid, swee
     return thresholds
 
 
-def fit_policy_thresholds(
-    probs: torch.Tensor,
-    correct: torch.Tensor,
-    exits: Sequence[int],
-    depth: float,
-    target_agreement: float,
-    check_cost: float,
-    grid: Sequence[float] = THRESHOLD_GRID,
-) -> dict[int, float]:
-    """Per-exit thresholds (``{exit: threshold}``, unchecked exits left out) with the lowest :func:`exit_outcome` cost
-    whose agreement reaches ``target_agreement`` on these tokens: coordinate descent on cost + w * disagreement, with
-    the weight w bisected. ``probs`` and ``correct`` are ``(len(exits), tokens)``: the policy's exit probability and
-    whether the exit's token is the full model's."""
-    exits = list(exits)
+QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+
+
+def quantile_grid(probs: torch.Tensor, levels: Sequence[float] = QUANTILE_LEVELS) -> tuple[float, ...]:
+    """Thresholds at quantiles of ``probs`` (all exits together), rounded to 3 decimals: a grid that reaches a
+    policy whose exit probabilities lie mostly below :data:`THRESHOLD_GRID`'s lowest value."""
+    values = torch.quantile(probs.flatten().float(), torch.tensor(levels, dtype=torch.float32, device=probs.device))
+    return tuple(sorted({round(float(v), 3) for v in values}))
+
+
+def _fit_on_grid(probs, correct, exits, depth, target_agreement, check_cost, grid) -> dict[int, float]:
     low, high = 0.0, 4.0 * depth / max(1.0 - target_agreement, 1e-3)
     best = {}  # checking nothing always reaches the target
     for _ in range(12):
@@ -206,6 +203,27 @@ def fit_policy_thresholds(
         else:
             low = weight
     return best
+
+
+def fit_policy_thresholds(
+    probs: torch.Tensor,
+    correct: torch.Tensor,
+    exits: Sequence[int],
+    depth: float,
+    target_agreement: float,
+    check_cost: float,
+    grid: Sequence[float] | None = None,
+) -> dict[int, float]:
+    """Per-exit thresholds (``{exit: threshold}``, unchecked exits left out) with the lowest :func:`exit_outcome` cost
+    whose agreement reaches ``target_agreement`` on these tokens: coordinate descent on cost + w * disagreement, with
+    the weight w bisected. ``probs`` and ``correct`` are ``(len(exits), tokens)``: the policy's exit probability and
+    whether the exit's token is the full model's. Without a ``grid``, the cheaper of the fits on
+    :data:`THRESHOLD_GRID` and on :func:`quantile_grid` of ``probs`` (a policy trained with a high depth cost, or
+    reading the exits' confidence, can put most exit probabilities below 0.2, where the fixed grid finds no exit)."""
+    exits = list(exits)
+    grids = [THRESHOLD_GRID, quantile_grid(probs)] if grid is None else [tuple(grid)]
+    fits = [_fit_on_grid(probs, correct, exits, depth, target_agreement, check_cost, g) for g in grids]
+    return min(fits, key=lambda t: _thresholds_outcome(probs, correct, t, exits, depth, check_cost)[0])
 
 
 @torch.no_grad()
