@@ -475,7 +475,7 @@ def test_fitted_policy_thresholds_reach_the_target_at_the_lowest_cost():
 
 
 def test_fitted_policy_thresholds_reach_a_policy_with_low_exit_probabilities():
-    from hf_unlearn.early_exit.calibration import THRESHOLD_GRID, exit_outcome, fit_policy_thresholds
+    from hf_unlearn.early_exit.calibration import THRESHOLD_GRID, exit_outcome, fit_policy_thresholds, quantile_grid
 
     # A policy that separates perfectly, below the fixed grid: exit 1 (of 4 layers) is right for the 60 tokens where
     # it says 0.05-0.1 and wrong for the 40 where it says 0.01.
@@ -487,6 +487,9 @@ def test_fitted_policy_thresholds_reach_a_policy_with_low_exit_probabilities():
     # By hand: 60 tokens at layer 1, 40 at layer 4, each paying one check of 0.1 layers.
     cost, agreement = exit_outcome(probs > thresholds[1], [1], 4, 0.1, correct)
     assert (cost, agreement) == pytest.approx(((60 * 1 + 40 * 4) / 100 + 0.1, 1.0))
+    # Saturated and tiny probabilities still give thresholds that policy_thresholds accepts, in (0, 1).
+    grid = quantile_grid(torch.tensor([[0.0] * 30 + [0.00042] * 30 + [1.0] * 40]))
+    assert grid == (0.00042,)
 
 
 def test_select_checked_exits_on_a_model(backbone, tokenizer):

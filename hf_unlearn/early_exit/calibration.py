@@ -183,10 +183,15 @@ QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95
 
 
 def quantile_grid(probs: torch.Tensor, levels: Sequence[float] = QUANTILE_LEVELS) -> tuple[float, ...]:
-    """Thresholds at quantiles of ``probs`` (all exits together), rounded to 3 decimals: a grid that reaches a
-    policy whose exit probabilities lie mostly below :data:`THRESHOLD_GRID`'s lowest value."""
-    values = torch.quantile(probs.flatten().float(), torch.tensor(levels, dtype=torch.float32, device=probs.device))
-    return tuple(sorted({round(float(v), 3) for v in values}))
+    """Thresholds at quantiles of ``probs`` (all exits together), to 3 significant digits and strictly inside (0, 1)
+    as ``policy_thresholds`` requires: a grid that reaches a policy whose exit probabilities lie mostly below
+    :data:`THRESHOLD_GRID`'s lowest value."""
+    # Observed values (the "lower" quantile), not interpolated ones, so that each threshold splits the tokens where a
+    # probability does; sorting instead of torch.quantile, which refuses more than 2**24 values.
+    ordered = probs.flatten().float().sort().values
+    values = ordered[[int(level * (ordered.numel() - 1)) for level in levels]]
+    rounded = {float(f"{float(v):.3g}") for v in values}
+    return tuple(sorted(v for v in rounded if 0.0 < v < 1.0))
 
 
 def _fit_on_grid(probs, correct, exits, depth, target_agreement, check_cost, grid) -> dict[int, float]:
