@@ -397,10 +397,15 @@ def policy_split_answers(data: dict, kind: str, count: int) -> list[tuple[str, s
     return [(data["train"][i]["prompt"], data["train"][i]["completion"]) for i in indices]
 
 
+# Times in decoder layers: a policy check (the library's default) and the shortlist's rows of the LM head (0.33 ms
+# against layers of 1.05 ms, bench_early_exit.py).
+POLICY_CHECK_COST, SHORTLIST_HEAD_COST = 0.25, 0.31
+
+
 def policy_check_cost(model: EarlyExitForCausalLM) -> float:
-    """A policy check's time in layers: the policy head (the library's default), plus the shortlist's rows of the LM
-    head when the policy reads the exit's confidence (0.33 ms against layers of 1.05 ms, bench_early_exit.py)."""
-    return 0.25 + (0.31 if model.config.policy_features == "hidden+confidence" else 0.0)
+    """A policy check's time in layers: the policy head, plus the shortlist's rows of the LM head when the policy
+    reads the exit's confidence."""
+    return POLICY_CHECK_COST + (SHORTLIST_HEAD_COST if model.config.policy_features == "hidden+confidence" else 0.0)
 
 
 def head_cost(model: EarlyExitForCausalLM) -> float:

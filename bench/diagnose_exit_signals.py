@@ -42,11 +42,12 @@ from readme_tables import update_table  # noqa: E402
 
 from hf_unlearn import losses  # noqa: E402
 from hf_unlearn.atomic_files import atomic_write_text  # noqa: E402
-from hf_unlearn.early_exit.calibration import exit_outcome, fit_policy_thresholds  # noqa: E402
+from hf_unlearn.early_exit.calibration import fit_policy_thresholds, thresholds_outcome  # noqa: E402
+from hf_unlearn.early_exit.modeling_early_exit import confidence_features  # noqa: E402
 from hf_unlearn.smollm2 import load_smollm2  # noqa: E402
 
 TARGETS = (0.9, 0.95, 0.97)
-POLICY_CHECK, SHORTLIST_HEAD = 0.25, 0.31  # layers (bench_early_exit.py: 0.33 ms head rows, 1.05 ms layers)
+POLICY_CHECK, SHORTLIST_HEAD = bench.POLICY_CHECK_COST, bench.SHORTLIST_HEAD_COST
 
 
 @torch.no_grad()
@@ -55,15 +56,13 @@ def exit_signals(model, ids: torch.Tensor, start: int) -> dict[str, torch.Tensor
     out = model(ids, output_all_exits=True, use_cache=False, output_exit_logits=True)
     full = out.exit_logits[-1][0, start:-1].argmax(-1)
     shortlist = model.early_exit.shortlist
-    columns: dict[str, list[torch.Tensor]] = {"confidence": [], "margin": [], "entropy": [], "correct": []}
+    confidence, correct = [], []
     for layer, logits in zip(model.config.exit_layers, out.exit_logits[:-1]):
-        log_probs = torch.log_softmax(logits[0, start:-1][..., shortlist].float(), dim=-1)
-        top = log_probs.topk(2, dim=-1).values.exp()
-        columns["confidence"].append(top[:, 0])
-        columns["margin"].append(top[:, 0] - top[:, 1])
-        columns["entropy"].append(-(log_probs.exp() * log_probs).sum(-1))
-        columns["correct"].append(model._exit_tokens(logits[0, start:-1], layer, shortlist=True) == full)
-    return {"policy": out.policy_probs[:, 0, start:-1].float(), **{k: torch.stack(v) for k, v in columns.items()}}
+        confidence.append(confidence_features(logits[0, start:-1][..., shortlist]))
+        correct.append(model._exit_tokens(logits[0, start:-1], layer, shortlist=True) == full)
+    confidence = torch.stack(confidence)  # (exits, positions, 3)
+    return {"policy": out.policy_probs[:, 0, start:-1].float(), "confidence": confidence[..., 0],
+            "margin": confidence[..., 1], "entropy": confidence[..., 2], "correct": torch.stack(correct)}
 
 
 def collect(model, texts: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
@@ -108,12 +107,8 @@ def frontier(name: str, scores: tuple, calibration: dict, held_out: dict, exits:
     rows = []
     for target in TARGETS:
         thresholds = fit_policy_thresholds(scores[0], calibration["correct"], exits, depth, target, check_cost)
-        rows_used = [exits.index(k) for k in sorted(thresholds)]
-        limits = torch.tensor([thresholds[exits[i]] for i in rows_used]).unsqueeze(1)
-        outcome = []
-        for score, signals in zip(scores, (calibration, held_out)):
-            outcome.append(exit_outcome(score[rows_used] > limits, [exits[i] for i in rows_used], depth, check_cost,
-                                        signals["correct"][rows_used]))
+        outcome = [thresholds_outcome(score, signals["correct"], thresholds, exits, depth, check_cost)
+                   for score, signals in zip(scores, (calibration, held_out))]
         rows.append({"signal": name, "target": target, "calibration_agreement": outcome[0][1],
                      "agreement": outcome[1][1], "layers_per_token": outcome[1][0],
                      "ideal_speedup": depth / outcome[1][0], "checked_exits": sorted(thresholds)})

@@ -152,7 +152,12 @@ def select_checked_exits(
 THRESHOLD_GRID = (0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 
-def _thresholds_outcome(probs, correct, thresholds: dict[int, float], exits, depth, check_cost):
+def thresholds_outcome(
+    probs: torch.Tensor, correct: torch.Tensor, thresholds: dict[int, float], exits: Sequence[int], depth: float,
+    check_cost: float,
+) -> tuple[float, float]:
+    """:func:`exit_outcome` of per-exit ``thresholds`` (``{exit: threshold}``, exits left out are not checked) on
+    ``probs`` and ``correct``, ``(len(exits), tokens)``: e.g. fitted thresholds scored on held-out tokens."""
     rows = [i for i, k in enumerate(exits) if k in thresholds]
     limits = torch.tensor([thresholds[exits[i]] for i in rows], device=probs.device).unsqueeze(1)
     return exit_outcome(probs[rows] > limits, [exits[i] for i in rows], depth, check_cost, correct[rows])
@@ -169,7 +174,7 @@ def _descend(probs, correct, exits, depth, check_cost, weight: float, grid, swee
                 trial = {e: t for e, t in thresholds.items() if e != k}
                 if value is not None:
                     trial[k] = value
-                cost, agreement = _thresholds_outcome(probs, correct, trial, exits, depth, check_cost)
+                cost, agreement = thresholds_outcome(probs, correct, trial, exits, depth, check_cost)
                 options.append((cost + weight * (1 - agreement), value is not None, value or 0.0, trial))
             best = min(options, key=lambda option: option[:3])[3]
             changed |= best != thresholds
@@ -200,10 +205,10 @@ def _fit_on_grid(probs, correct, exits, depth, target_agreement, check_cost, gri
     for _ in range(12):
         weight = (low + high) / 2
         thresholds = _descend(probs, correct, exits, depth, check_cost, weight, grid)
-        cost, agreement = _thresholds_outcome(probs, correct, thresholds, exits, depth, check_cost)
+        cost, agreement = thresholds_outcome(probs, correct, thresholds, exits, depth, check_cost)
         if agreement >= target_agreement:
             high = weight
-            if cost < _thresholds_outcome(probs, correct, best, exits, depth, check_cost)[0]:
+            if cost < thresholds_outcome(probs, correct, best, exits, depth, check_cost)[0]:
                 best = thresholds
         else:
             low = weight
@@ -228,7 +233,7 @@ def fit_policy_thresholds(
     exits = list(exits)
     grids = [THRESHOLD_GRID, quantile_grid(probs)] if grid is None else [tuple(grid)]
     fits = [_fit_on_grid(probs, correct, exits, depth, target_agreement, check_cost, g) for g in grids]
-    return min(fits, key=lambda t: _thresholds_outcome(probs, correct, t, exits, depth, check_cost)[0])
+    return min(fits, key=lambda t: thresholds_outcome(probs, correct, t, exits, depth, check_cost)[0])
 
 
 @torch.no_grad()
@@ -276,7 +281,7 @@ def calibrate_policy_thresholds(
     exits, depth = list(model.config.exit_layers), model.config.num_hidden_layers + head_cost
     probs_all, correct_all = _scored(probs).float(), _scored(correct)
     thresholds = fit_policy_thresholds(probs_all, correct_all, exits, depth, target_agreement, check_cost)
-    cost, agreement = _thresholds_outcome(probs_all, correct_all, thresholds, exits, depth, check_cost)
+    cost, agreement = thresholds_outcome(probs_all, correct_all, thresholds, exits, depth, check_cost)
     logger.info("policy thresholds %s: agreement %.3f at %.2f layers per token on %d calibration tokens",
                 thresholds, agreement, cost, probs_all.shape[1])
     return thresholds

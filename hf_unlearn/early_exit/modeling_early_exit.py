@@ -38,6 +38,15 @@ IGNORE_INDEX = -100
 CONFIDENCE_FEATURES = 3
 
 
+def confidence_features(logits: torch.Tensor) -> torch.Tensor:
+    """``(..., CONFIDENCE_FEATURES)``: the top-1 probability, top-1 minus top-2 probability and entropy (nats) of
+    ``logits`` (the policy's extra inputs with ``policy_features="hidden+confidence"``, over the shortlist)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    top = log_probs.topk(2, dim=-1).values.exp()
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return torch.stack([top[..., 0], top[..., 0] - top[..., 1], entropy], dim=-1)
+
+
 @dataclass
 class EarlyExitCausalLMOutput(CausalLMOutputWithPast):
     r"""
@@ -409,10 +418,7 @@ class EarlyExitForCausalLM(PreTrainedModel, GenerationMixin):
                     "set one with model.set_exit_shortlist(token_shortlist(tokenizer, texts, size=4096))"
                 )
             with torch.no_grad():  # inputs of the policy, not a path for its gradient
-                log_probs = torch.log_softmax(self._shortlist_logits(hidden, layer).float(), dim=-1)
-                top = log_probs.topk(2, dim=-1).values.exp()
-                entropy = -(log_probs.exp() * log_probs).sum(-1)
-                confidence = torch.stack([top[..., 0], top[..., 0] - top[..., 1], entropy], dim=-1)
+                confidence = confidence_features(self._shortlist_logits(hidden, layer))
             features = torch.cat([features, confidence.to(features.dtype)], dim=-1)
         return torch.sigmoid(self.early_exit.policy(features, self._exit_index[layer]).float())
 
